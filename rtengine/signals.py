@@ -31,6 +31,8 @@ def test_signal(sample_rate: int = 22050, seconds: float = 10.0, seed: int = 0) 
     ]
     for start, dur, f0, nh, depth, rate in notes:
         i0, i1 = int(start * sample_rate), min(n, int((start + dur) * sample_rate))
+        if i1 <= i0:
+            continue
         t = np.arange(i1 - i0) / sample_rate
         env = np.minimum(1.0, t / 0.02) * np.minimum(1.0, (dur - t) / 0.05)
         x[i0:i1] += 0.25 * env * _tone(t, f0, nh, depth, rate, 0.3)
@@ -39,8 +41,8 @@ def test_signal(sample_rate: int = 22050, seconds: float = 10.0, seed: int = 0) 
         x[i:i + 3] += np.array([0.8, -0.5, 0.2])
     for start in (1.0, 4.0, 8.5):                        # noise bursts, 0.5 s each
         i0 = int(start * sample_rate)
-        burst = rng.standard_normal(int(0.5 * sample_rate)) * 0.05
+        burst = rng.standard_normal(int(0.5 * sample_rate)) * 0.01
         burst *= np.hanning(len(burst))
-        x[i0:i0 + len(burst)] += burst
-    x += 0.002 * rng.standard_normal(n)                  # a low noise floor
+        x[i0:i0 + len(burst)] += burst[:max(0, n - i0)]
+    x += 0.0005 * rng.standard_normal(n)                 # a low noise floor
     return (0.9 * x / np.max(np.abs(x))).astype(np.float32)

@@ -123,4 +123,11 @@ def vocode_file(source: Path, cfg: AudioConfig, vocoder, block: int | None) -> n
         length = len(audio)
         frames = mel_frames_from_audio(audio, cfg, block or 4096)
     vocoder.reset()
-    return stream_vocode(frames, vocoder, length, block or 4096)
+    return guard_output(stream_vocode(frames, vocoder, length, block or 4096))
+
+
+def guard_output(audio: np.ndarray) -> np.ndarray:
+    """No NaN or infinite sample, none above 0 dBFS: non-finite samples become 0
+    and peaks are clipped to ±1 (a vocoder fed a loud mel can overshoot)."""
+    audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(audio, -1.0, 1.0, out=audio)

@@ -111,43 +111,50 @@ def log_mel(x: np.ndarray, cfg: AudioConfig) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _nnls_frames(mel, lo, hi, w, col_sum, row_sum, n_iter, out):
-    """Non-negative least squares ``min ||B m - y||², m >= 0`` per frame by
+def _nnls_frame(y, lo, hi, w, col_sum, row_sum, n_iter, out, bty, bm, btbm):
+    """Non-negative least squares ``min ||B m - y||², m >= 0`` for one frame by
     multiplicative updates (Lee & Seung): ``m <- m * (B^T y) / (B^T B m)``.
 
-    mel (n_mels, T) linear mel magnitudes; out (F, T)."""
+    y (n_mels,) linear mel magnitudes; out (F,); bty, bm, btbm scratch."""
     n_mels = lo.shape[0]
     n_bins = out.shape[0]
-    bty = np.empty(n_bins)
-    bm = np.empty(n_mels)
-    btbm = np.empty(n_bins)
-    for t in range(mel.shape[1]):
-        # B^T y; start from each bin's weighted mean of the levels y_b / (B 1)_b
-        # of the bands covering it: a flat spectrum within each band.
+    # B^T y; start from each bin's weighted mean of the levels y_b / (B 1)_b
+    # of the bands covering it: a flat spectrum within each band.
+    for k in range(n_bins):
+        bty[k] = 0.0
+        btbm[k] = 0.0
+    for b in range(n_mels):
+        level = y[b] / row_sum[b] if row_sum[b] > 0 else 0.0
+        for k in range(lo[b], hi[b]):
+            bty[k] += w[b, k - lo[b]] * y[b]
+            btbm[k] += w[b, k - lo[b]] * level
+    for k in range(n_bins):
+        out[k] = btbm[k] / col_sum[k] if col_sum[k] > 0 else 0.0
+    for _ in range(n_iter):
+        for b in range(n_mels):
+            acc = 0.0
+            for k in range(lo[b], hi[b]):
+                acc += w[b, k - lo[b]] * out[k]
+            bm[b] = acc
         for k in range(n_bins):
-            bty[k] = 0.0
             btbm[k] = 0.0
         for b in range(n_mels):
-            level = mel[b, t] / row_sum[b] if row_sum[b] > 0 else 0.0
             for k in range(lo[b], hi[b]):
-                bty[k] += w[b, k - lo[b]] * mel[b, t]
-                btbm[k] += w[b, k - lo[b]] * level
+                btbm[k] += w[b, k - lo[b]] * bm[b]
         for k in range(n_bins):
-            out[k, t] = btbm[k] / col_sum[k] if col_sum[k] > 0 else 0.0
-        for _ in range(n_iter):
-            for b in range(n_mels):
-                acc = 0.0
-                for k in range(lo[b], hi[b]):
-                    acc += w[b, k - lo[b]] * out[k, t]
-                bm[b] = acc
-            for k in range(n_bins):
-                btbm[k] = 0.0
-            for b in range(n_mels):
-                for k in range(lo[b], hi[b]):
-                    btbm[k] += w[b, k - lo[b]] * bm[b]
-            for k in range(n_bins):
-                if btbm[k] > 0.0:
-                    out[k, t] *= bty[k] / btbm[k]
+            if btbm[k] > 0.0:
+                out[k] *= bty[k] / btbm[k]
+
+
+@njit(cache=True, nogil=True)
+def _nnls_frames(mel, lo, hi, w, col_sum, row_sum, n_iter, out):
+    # mel (T, n_mels) -> out (T, F); frame by frame, so each frame's result is
+    # the same in any block.
+    bty = np.empty(out.shape[1])
+    bm = np.empty(mel.shape[1])
+    btbm = np.empty(out.shape[1])
+    for t in range(mel.shape[0]):
+        _nnls_frame(mel[t], lo, hi, w, col_sum, row_sum, n_iter, out[t], bty, bm, btbm)
 
 
 def mel_to_magnitude(log_mel_frames: np.ndarray, cfg: AudioConfig, n_iter: int = 30) -> np.ndarray:
@@ -158,10 +165,10 @@ def mel_to_magnitude(log_mel_frames: np.ndarray, cfg: AudioConfig, n_iter: int =
     others.
     """
     basis = mel_basis(cfg)
-    mel = np.exp(np.ascontiguousarray(log_mel_frames, dtype=np.float64))
-    out = np.empty((cfg.n_bins, mel.shape[1]))
+    mel = np.exp(np.ascontiguousarray(np.asarray(log_mel_frames, dtype=np.float64).T))
+    out = np.empty((mel.shape[0], cfg.n_bins))
     _nnls_frames(mel, basis.lo, basis.hi, basis.w, basis.col_sum, basis.row_sum, n_iter, out)
-    return out
+    return out.T
 
 
 class StreamingLogMel:

@@ -91,30 +91,33 @@ class PGHIGradients:
 
     def process(self, mag: np.ndarray):
         """mag: ``(F, k)`` → ``(mag_out, omega, tau)``, each ``(F, k)``."""
-        s_in = log_magnitude(mag)
         k = mag.shape[1]
-        out_s = np.empty_like(s_in)
-        ds = np.empty_like(s_in)
-        out_mag = np.empty_like(s_in)
-        for j in range(k):
-            s_new = s_in[:, j]
-            if not self.lookahead:
-                ds[:, j] = s_new - self._s_prev if self._seen > 0 else 0.0
-                out_s[:, j], out_mag[:, j] = s_new, mag[:, j]
-                self._s_prev = s_new
-            else:
-                if self._seen == 0:          # nothing to emit yet: silence
-                    ds[:, j] = 0.0
-                    out_s[:, j] = log_magnitude(np.zeros(self.cfg.n_bins))
-                    out_mag[:, j] = 0.0
-                elif self._seen == 1:        # first frame: forward difference
-                    ds[:, j] = s_new - self._s_cur
-                    out_s[:, j], out_mag[:, j] = self._s_cur, self._m_cur
-                else:                        # centred difference
-                    ds[:, j] = 0.5 * (s_new - self._s_prev)
-                    out_s[:, j], out_mag[:, j] = self._s_cur, self._m_cur
-                self._s_prev, self._s_cur, self._m_cur = self._s_cur, s_new, mag[:, j]
-            self._seen += 1
+        if k == 0:
+            return mag, mag.copy(), mag.copy()
+        s_in = log_magnitude(mag)
+        if not self.lookahead:
+            a = np.concatenate([self._s_prev[:, None], s_in], axis=1)
+            ds = a[:, 1:] - a[:, :-1]
+            if self._seen == 0:
+                ds[:, 0] = 0.0
+            out_s, out_mag = s_in, mag
+            self._s_prev = s_in[:, -1].copy()
+        else:
+            # a[:, j+1] is the frame emitted at step j, a[:, j] and a[:, j+2] its neighbours
+            a = np.concatenate([self._s_prev[:, None], self._s_cur[:, None], s_in], axis=1)
+            ds = 0.5 * (a[:, 2:] - a[:, :-2])
+            out_s = a[:, 1:-1].copy()
+            out_mag = np.concatenate([self._m_cur[:, None], mag[:, :-1]], axis=1)
+            first = 1 - self._seen                # step j emits frame seen - 1 + j
+            if 0 <= first < k:                    # frame 0: forward difference
+                ds[:, first] = a[:, first + 2] - a[:, first + 1]
+            if self._seen == 0:                   # nothing to emit yet: silence
+                ds[:, 0] = 0.0
+                out_s[:, 0] = log_magnitude(np.zeros(self.cfg.n_bins))
+                out_mag[:, 0] = 0.0
+            self._s_prev, self._s_cur = a[:, -2].copy(), a[:, -1].copy()
+            self._m_cur = mag[:, -1].copy()
+        self._seen += k
         return out_mag, omega_from_logmag(out_s, self.cfg), tau_from_time_derivative(ds, self.cfg)
 
     def flush(self):
