@@ -15,18 +15,20 @@ import numpy as np
 
 from .config import AudioConfig
 from .dsp.mel import StreamingLogMel
-from .dsp.vocoder import PGHIVocoder
 from .errors import UserError
 from .io import read_audio, read_mel
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".opus", ".au", ".caf", ".w64"}
 
 
-def make_vocoder(model: str, cfg: AudioConfig, **options):
-    """A streaming vocoder by name (``pghi``; learned models register later)."""
-    if model == "pghi":
-        return PGHIVocoder(cfg, **options)
-    raise UserError(f"unknown vocoder model {model!r}; available: pghi")
+def make_vocoder(model: str, cfg: AudioConfig, seed: int = 0, **options):
+    """A streaming vocoder by name, from the vocoder stage's model registry
+    (``pghi``, and every learned model that registered itself)."""
+    from .stages.vocoder import VOCODER_MODELS
+
+    if model not in VOCODER_MODELS:
+        raise UserError(f"unknown vocoder model {model!r}; available: {', '.join(sorted(VOCODER_MODELS))}")
+    return VOCODER_MODELS[model](cfg, options, seed)
 
 
 @dataclass

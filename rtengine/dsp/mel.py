@@ -111,50 +111,51 @@ def log_mel(x: np.ndarray, cfg: AudioConfig) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _nnls_frame(y, lo, hi, w, col_sum, row_sum, n_iter, out, bty, bm, btbm):
-    """Non-negative least squares ``min ||B m - y||², m >= 0`` for one frame by
+def _nnls_frames(mel, lo, hi, w, col_sum, row_sum, n_iter, out):
+    """Non-negative least squares ``min ||B m - y||², m >= 0`` for each frame by
     multiplicative updates (Lee & Seung): ``m <- m * (B^T y) / (B^T B m)``.
 
-    y (n_mels,) linear mel magnitudes; out (F,); bty, bm, btbm scratch."""
+    mel (n_mels, T) linear mel magnitudes → out (F, T). The innermost loops run
+    over frames, so they vectorise; every frame goes through the same
+    operations in the same order, so its result does not depend on which other
+    frames share the block.
+    """
     n_mels = lo.shape[0]
-    n_bins = out.shape[0]
-    # B^T y; start from each bin's weighted mean of the levels y_b / (B 1)_b
-    # of the bands covering it: a flat spectrum within each band.
-    for k in range(n_bins):
-        bty[k] = 0.0
-        btbm[k] = 0.0
+    n_bins, t = out.shape
+    bty = np.zeros((n_bins, t))
+    btbm = np.zeros((n_bins, t))
+    bm = np.empty((n_mels, t))
+    # start from each bin's weighted mean of the levels y_b / (B 1)_b of the
+    # bands covering it: a flat spectrum within each band
     for b in range(n_mels):
-        level = y[b] / row_sum[b] if row_sum[b] > 0 else 0.0
+        inv = 1.0 / row_sum[b] if row_sum[b] > 0 else 0.0
         for k in range(lo[b], hi[b]):
-            bty[k] += w[b, k - lo[b]] * y[b]
-            btbm[k] += w[b, k - lo[b]] * level
+            wk = w[b, k - lo[b]]
+            for j in range(t):
+                bty[k, j] += wk * mel[b, j]
+                btbm[k, j] += wk * (mel[b, j] * inv)
     for k in range(n_bins):
-        out[k] = btbm[k] / col_sum[k] if col_sum[k] > 0 else 0.0
+        inv = 1.0 / col_sum[k] if col_sum[k] > 0 else 0.0
+        for j in range(t):
+            out[k, j] = btbm[k, j] * inv
     for _ in range(n_iter):
         for b in range(n_mels):
-            acc = 0.0
+            for j in range(t):
+                bm[b, j] = 0.0
             for k in range(lo[b], hi[b]):
-                acc += w[b, k - lo[b]] * out[k]
-            bm[b] = acc
-        for k in range(n_bins):
-            btbm[k] = 0.0
+                wk = w[b, k - lo[b]]
+                for j in range(t):
+                    bm[b, j] += wk * out[k, j]
+        btbm[:, :] = 0.0
         for b in range(n_mels):
             for k in range(lo[b], hi[b]):
-                btbm[k] += w[b, k - lo[b]] * bm[b]
+                wk = w[b, k - lo[b]]
+                for j in range(t):
+                    btbm[k, j] += wk * bm[b, j]
         for k in range(n_bins):
-            if btbm[k] > 0.0:
-                out[k] *= bty[k] / btbm[k]
-
-
-@njit(cache=True, nogil=True)
-def _nnls_frames(mel, lo, hi, w, col_sum, row_sum, n_iter, out):
-    # mel (T, n_mels) -> out (T, F); frame by frame, so each frame's result is
-    # the same in any block.
-    bty = np.empty(out.shape[1])
-    bm = np.empty(mel.shape[1])
-    btbm = np.empty(out.shape[1])
-    for t in range(mel.shape[0]):
-        _nnls_frame(mel[t], lo, hi, w, col_sum, row_sum, n_iter, out[t], bty, bm, btbm)
+            for j in range(t):
+                if btbm[k, j] > 0.0:
+                    out[k, j] *= bty[k, j] / btbm[k, j]
 
 
 def mel_to_magnitude(log_mel_frames: np.ndarray, cfg: AudioConfig, n_iter: int = 30) -> np.ndarray:
@@ -165,10 +166,10 @@ def mel_to_magnitude(log_mel_frames: np.ndarray, cfg: AudioConfig, n_iter: int =
     others.
     """
     basis = mel_basis(cfg)
-    mel = np.exp(np.ascontiguousarray(np.asarray(log_mel_frames, dtype=np.float64).T))
-    out = np.empty((mel.shape[0], cfg.n_bins))
+    mel = np.exp(np.ascontiguousarray(log_mel_frames, dtype=np.float64))
+    out = np.empty((cfg.n_bins, mel.shape[1]))
     _nnls_frames(mel, basis.lo, basis.hi, basis.w, basis.col_sum, basis.row_sum, n_iter, out)
-    return out.T
+    return out
 
 
 class StreamingLogMel:
