@@ -1,0 +1,1 @@
+"""Control: parameters, automation, patches, OSC, OSCQuery and TouchOSC layouts."""
