@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import AudioConfig, get_config
 from .dsp.mel import log_mel, mel_basis
-from .dsp.stft import frame_signal, hann, stft
+from .dsp.stft import stft
 
 EPS = 1e-10
 

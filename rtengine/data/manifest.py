@@ -2,8 +2,8 @@
 
 ``manifest.jsonl`` row (paths relative to the manifest's folder)::
 
-    {"id": "nc-rhodes-note-060", "path": "audio/train/nc-rhodes-note-060.wav",
-     "split": "train", "preset": "nc", "duration": 1.5, "sample_rate": 22050,
+    {"id": "nc-rhodes-note-060", "path": "audio/test/nc-rhodes-note-060.wav",
+     "split": "test", "preset": "nc", "duration": 1.5, "sample_rate": 22050,
      "peak_db": -14.2, "gain_db": 13.2,
      "labels": {"pitches": [60], "chord": "note", "program": 4, ...}}
 

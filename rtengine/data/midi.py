@@ -80,6 +80,12 @@ class MidiFile:
         for ch in range(16):
             self._add(t, 0, bytes([0xB0 | ch, 123, 0]))
 
+    def all_sound_off(self, t: float) -> None:
+        """Controller 120 (all sound off: voices stop at once, releases
+        included) on every channel."""
+        for ch in range(16):
+            self._add(t, 0, bytes([0xB0 | ch, 120, 0]))
+
     @property
     def end_time(self) -> float:
         return max((e[0] for e in self.events), default=0) / 1000.0

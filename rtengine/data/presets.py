@@ -106,7 +106,7 @@ NOTES_CLIP_SECONDS = 4.0
 NOTES_HOLD_SECONDS = 3.0
 
 
-def plan_notes(seed: int, count: int = 600) -> list[ClipSpec]:
+def plan_notes(seed: int, count: int = 3000) -> list[ClipSpec]:
     """NSynth-like single notes: random melodic GM program, a pitch in its
     playable range, one of NSynth's five velocities; held 3 s, 4 s clip."""
     clips = []
@@ -165,7 +165,7 @@ def _humanise(rng, vel: float, spread: float = 8) -> int:
     return int(np.clip(round(vel + rng.normal(0, spread)), 20, 127))
 
 
-def plan_phrases(seed: int, count: int = 300) -> list[ClipSpec]:
+def plan_phrases(seed: int, count: int = 1500) -> list[ClipSpec]:
     """6 s clips with structure at several timescales: a chord progression
     (bars), a bass line (beats), arpeggios and melodies (sub-beats), drum grooves
     on GM channel 10; random tempo (70-150 BPM), key, mode, style and programs."""
@@ -315,4 +315,4 @@ def _melody(rng, key, scale, chords, beat, end, ch) -> list:
 
 
 PRESETS = {"nc": plan_nc, "notes": plan_notes, "phrases": plan_phrases}
-DEFAULT_COUNTS = {"nc": None, "notes": 600, "phrases": 300}
+DEFAULT_COUNTS = {"nc": None, "notes": 3000, "phrases": 1500}

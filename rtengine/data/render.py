@@ -4,7 +4,9 @@ FluidSynth spends a noticeable time per launch loading the soundfont, so a
 batch of clips is written as **one** MIDI file, clip ``k`` starting at
 ``LEAD + k * slot`` seconds, rendered in one run with reverb and chorus off
 (``-R 0 -C 0``: no tail reaches the next clip) and cut afterwards. The slot is
-the clip length plus a gap that swallows the release after the cut.
+the clip length plus a gap: the release after the cut sounds on in the gap
+until an all-sound-off (controller 120), 0.2 s before the next clip, stops
+every voice, so even multi-second pad releases never reach the next clip.
 
 Each clip is mixed to mono, checked for silence, peak-normalised, faded out
 over the last 10 ms (the cut may fall inside a release) and written to WAV
@@ -33,6 +35,7 @@ from .presets import ClipSpec, hash_split
 SAMPLE_RATE = 22050
 LEAD = 0.5          # seconds of silence before the first clip of a render
 GAP = 0.5           # seconds between a clip's end and the next clip's start
+KILL_BEFORE_NEXT = 0.2  # all-sound-off this long before the next clip starts
 SILENT_PEAK = 1e-4  # -80 dBFS: a clip this quiet rendered nothing
 FADE_OUT = 0.010    # seconds
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
@@ -82,6 +85,9 @@ def batch_midi(clips: list[ClipSpec]) -> tuple[MidiFile, list[float]]:
         for t, dur, ch, pitch, vel in c.notes:
             mid.note(t0 + t, min(dur, c.duration - t), ch, pitch, vel)
         mid.all_notes_off(t0 + c.duration)
+        # long releases (pads, bells) would reach the next clip: silence them
+        # inside the gap, after the cut
+        mid.all_sound_off(t0 + c.duration + GAP - KILL_BEFORE_NEXT)
         t0 += c.duration + GAP
     return mid, starts
 
@@ -188,11 +194,15 @@ def folder_sources(folder: str) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
         raise UserError(f"--from-folder {folder}: not a folder")
-    exts = {e.lower() for e in sf.available_formats()}
     out = []
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix[1:].upper() in exts and not p.name.startswith("."):
-            out.append(str(p.relative_to(root)))
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        try:
+            sf.info(str(p))  # readable by soundfile (libsndfile): wav, flac, ogg, mp3, aiff...
+        except Exception:
+            continue
+        out.append(str(p.relative_to(root)))
     return out
 
 
