@@ -22,7 +22,7 @@ from .dsp.ola import OverlapAdd, TorchOverlapAdd
 from .dsp.phase_gradient import phase_gradients
 from .dsp.pghi import pghi_gradients
 from .dsp.stft import centre_sign, istft, stft
-from .signals import test_signal
+from .signals import chord_signal, test_signal
 
 
 def spectral_convergence(y: np.ndarray, mag: np.ndarray, cfg: AudioConfig) -> float:
@@ -41,63 +41,82 @@ def _best_time(fn, repeat: int) -> float:
     return best
 
 
-# integrator settings compared: the default heap, heap with λ noise bins, the paper's λ mode
+# integrator settings compared: the default heap (with and without one frame of
+# look-ahead), heap with λ noise bins, and the PG paper's per-class λ mode
 INTEGRATORS = {
     "heap": dict(mode="heap", use_lambda=False),
+    "heap look-ahead": dict(mode="heap", use_lambda=False, lookahead=True),
     "heap+lambda": dict(mode="heap", use_lambda=True),
     "lambda": dict(mode="lambda", use_lambda=True),
 }
 
 
-def bench_integrator(cfg: AudioConfig, x: np.ndarray, repeat: int) -> dict:
-    """µs per frame and spectral convergence of each integrator setting, with
-    exact gradients (reassignment) and with PGHI gradients from the magnitude."""
-    mag, omega, tau = phase_gradients(x, cfg)
-    p_omega, p_tau = pghi_gradients(mag, cfg, lookahead=True)
-    frames = mag.shape[1]
-    res = {"bins": cfg.n_bins, "frames": frames}
-    for name, kw in INTEGRATORS.items():
-        integ = PhaseIntegrator(cfg.n_fft, cfg.hop, **kw)
-        integ.process(mag[:, :4], omega[:, :4], tau[:, :4])        # compile
-        for grads, label in (((omega, tau), "exact"), ((p_omega, p_tau), "pghi")):
-            integ.reset()
-            phase = integ.process(mag, *grads)[1]
-            y = istft(mag * np.exp(1j * phase), cfg, len(x))
-            res[f"{name}_sc_{label}_db"] = spectral_convergence(y, mag, cfg)
-        t = _best_time(lambda: (integ.reset(), integ.process(mag, omega, tau)), repeat)
-        res[f"{name}_us_per_frame"] = t / frames * 1e6
+def integrate(mag, omega, tau, cfg: AudioConfig, **kw) -> np.ndarray:
+    """Phases of a whole spectrogram, aligned with its frames (look-ahead removed)."""
+    integ = PhaseIntegrator(cfg.n_fft, cfg.hop, **kw)
+    _, phase = integ.process(mag, omega, tau)
+    if integ.latency_frames:
+        phase = np.concatenate([phase[:, integ.latency_frames:], integ.flush()[1]], axis=1)
+    return phase
+
+
+def bench_integrator(cfg: AudioConfig, signals: dict, repeat: int) -> dict:
+    """µs per frame of each integrator setting (on the first signal), and its
+    spectral convergence on each signal with exact gradients (reassignment) and
+    with PGHI gradients from the magnitude (centred in time)."""
+    res = {"bins": cfg.n_bins}
+    for sig_name, x in signals.items():
+        mag, omega, tau = phase_gradients(x, cfg)
+        p_omega, p_tau = pghi_gradients(mag, cfg, lookahead=True)
+        for name, kw in INTEGRATORS.items():
+            for grads, label in (((omega, tau), "exact"), ((p_omega, p_tau), "pghi")):
+                y = istft(mag * np.exp(1j * integrate(mag, *grads, cfg, **kw)), cfg, len(x))
+                res[f"{name}|sc_{label}_{sig_name}_db"] = spectral_convergence(y, mag, cfg)
+            if sig_name == "test":
+                integ = PhaseIntegrator(cfg.n_fft, cfg.hop, **kw)
+                integ.process(mag[:, :4], omega[:, :4], tau[:, :4])    # compile
+                t = _best_time(lambda: (integ.reset(), integ.process(mag, omega, tau)), repeat)
+                res[f"{name}|us_per_frame"] = t / mag.shape[1] * 1e6
     return res
 
 
-def bench_pghipy(cfg: AudioConfig, x: np.ndarray, repeat: int) -> dict | None:
+def bench_pghipy(cfg: AudioConfig, signals: dict, repeat: int) -> dict | None:
     try:
         import pghipy
     except ImportError:
         return None
-    mag = np.abs(stft(x, cfg))
+    res = {}
     gamma = 0.25645 * cfg.n_fft ** 2
-    spec = np.ascontiguousarray(mag.T)
-    pghipy.pghi(spec[:8], cfg.n_fft, cfg.hop, gamma)            # compile
-    t = _best_time(lambda: pghipy.pghi(spec, cfg.n_fft, cfg.hop, gamma), repeat)
-    phase = pghipy.pghi(spec, cfg.n_fft, cfg.hop, gamma).T
-    # pghipy references phase to the window start: move it to the centre
-    y = istft(mag * np.exp(1j * phase) * centre_sign(cfg.n_bins)[:, None], cfg, len(x))
-    return {"us_per_frame": t / mag.shape[1] * 1e6, "sc_db": spectral_convergence(y, mag, cfg)}
+    for sig_name, x in signals.items():
+        mag = np.abs(stft(x, cfg))
+        spec = np.ascontiguousarray(mag.T)
+        pghipy.pghi(spec[:8], cfg.n_fft, cfg.hop, gamma)            # compile
+        if sig_name == "test":
+            t = _best_time(lambda: pghipy.pghi(spec, cfg.n_fft, cfg.hop, gamma), repeat)
+            res["us_per_frame"] = t / mag.shape[1] * 1e6
+        phase = pghipy.pghi(spec, cfg.n_fft, cfg.hop, gamma).T
+        # pghipy references phase to the window start: move it to the centre
+        y = istft(mag * np.exp(1j * phase) * centre_sign(cfg.n_bins)[:, None], cfg, len(x))
+        res[f"sc_{sig_name}_db"] = spectral_convergence(y, mag, cfg)
+    return res
 
 
-def bench_griffin_lim(cfg: AudioConfig, x: np.ndarray, n_iter: int = 32) -> dict | None:
+def bench_griffin_lim(cfg: AudioConfig, signals: dict, n_iter: int = 32) -> dict | None:
     try:
         import librosa
     except ImportError:
         return None
-    mag = np.abs(stft(x, cfg))
-    t0 = time.perf_counter()
-    y = librosa.griffinlim(mag, n_iter=n_iter, hop_length=cfg.hop, n_fft=cfg.n_fft,
-                           window="hann", center=True, pad_mode="constant", length=len(x),
-                           random_state=0)
-    dt = time.perf_counter() - t0
-    return {"seconds": dt, "us_per_frame": dt / mag.shape[1] * 1e6,
-            "sc_db": spectral_convergence(y, mag, cfg)}
+    res = {}
+    for sig_name, x in signals.items():
+        mag = np.abs(stft(x, cfg))
+        t0 = time.perf_counter()
+        y = librosa.griffinlim(mag, n_iter=n_iter, hop_length=cfg.hop, n_fft=cfg.n_fft,
+                               window="hann", center=True, pad_mode="constant", length=len(x),
+                               random_state=0)
+        if sig_name == "test":
+            res["us_per_frame"] = (time.perf_counter() - t0) / mag.shape[1] * 1e6
+        res[f"sc_{sig_name}_db"] = spectral_convergence(y, mag, cfg)
+    return res
 
 
 def bench_ola(cfg: AudioConfig, x: np.ndarray, repeat: int) -> dict:
@@ -149,13 +168,15 @@ def run_bench(json_out: str | None = None, seconds: float = 10.0, quick: bool = 
     repeat = 1 if quick else 3
     cfg = get_config("22k")
     x = test_signal(cfg.sample_rate, seconds).astype(np.float64)
+    signals = {"test": x, "chord": chord_signal(cfg.sample_rate).astype(np.float64)}
     cfg_1025 = replace(cfg, name="22k-nfft2048", n_fft=2048)
     results = {
-        "signal": f"test_signal({cfg.sample_rate}, {seconds}) — tones with vibrato, clicks, noise",
-        "integrator_513": bench_integrator(cfg, x, repeat),
-        "integrator_1025": bench_integrator(cfg_1025, x, repeat),
-        "pghipy_513": bench_pghipy(cfg, x, repeat),
-        "griffin_lim_32": bench_griffin_lim(cfg, x),
+        "signal": f"test_signal({cfg.sample_rate}, {seconds}) — tones with vibrato, clicks, noise; "
+                  f"chord_signal: an E major triad, 3 s",
+        "integrator_513": bench_integrator(cfg, signals, repeat),
+        "integrator_1025": bench_integrator(cfg_1025, {"test": x}, repeat),
+        "pghipy_513": bench_pghipy(cfg, signals, repeat),
+        "griffin_lim_32": bench_griffin_lim(cfg, signals),
         "ola": bench_ola(cfg, x, repeat),
         "vocode_pghi": bench_vocode(cfg, x, repeat),
     }
@@ -173,42 +194,51 @@ def run_bench(json_out: str | None = None, seconds: float = 10.0, quick: bool = 
 
 
 def print_report(r: dict, out) -> None:
-    def line(*cols):
-        print("  ".join(str(c) for c in cols), file=out)
+    frame_us = 256 / 22050 * 1e6
 
-    frame_s = 256 / 22050
-    print(f"signal: {r['signal']}", file=out)
-    print("\nphase integrator (exact gradients by reassignment unless noted)", file=out)
-    line(f"{'':30s}", f"{'us/frame':>9s}", f"{'x real time':>11s}", f"{'SC exact':>9s}", f"{'SC pghi':>8s}")
+    def row(name, us, *scs):
+        speed = f"{us:9.1f}  {frame_us / us:6.0f}x" if us else f"{'':9s}  {'':7s}"
+        print(f"  {name:34s}{speed}" + "".join(f"{v:9.1f}" if v is not None else f"{'-':>9s}"
+                                             for v in scs), file=out)
+
+    print(f"signals: {r['signal']}", file=out)
+    print("\nphase reconstruction, spectral convergence in dB (lower is better)", file=out)
+    print(f"  {'':34s}{'us/frame':>9s}  {'x RT':>7s}{'exact':>9s}{'PGHI':>9s}"
+          f"{'chord ex':>9s}{'chord PG':>9s}", file=out)
     for key in ("integrator_513", "integrator_1025"):
         res = r[key]
-        for mode in INTEGRATORS:
-            us = res[f"{mode}_us_per_frame"]
-            line(f"{mode + ' @ ' + str(res['bins']) + ' bins':30s}", f"{us:9.1f}", f"{frame_s * 1e6 / us:11.0f}",
-                 f"{res[f'{mode}_sc_exact_db']:8.1f}dB", f"{res[f'{mode}_sc_pghi_db']:7.1f}dB")
-    pg, gl = r["pghipy_513"], r["griffin_lim_32"]
-    ours = r["integrator_513"]
+        for name in INTEGRATORS:
+            row(f"{name} @ {res['bins']} bins", res[f"{name}|us_per_frame"],
+                res[f"{name}|sc_exact_test_db"], res[f"{name}|sc_pghi_test_db"],
+                res.get(f"{name}|sc_exact_chord_db"), res.get(f"{name}|sc_pghi_chord_db"))
+    pg, gl, ours = r["pghipy_513"], r["griffin_lim_32"], r["integrator_513"]
     if pg:
-        line(f"{'pghipy (offline PGHI) @ 513':30s}", f"{pg['us_per_frame']:9.1f}",
-             f"{frame_s * 1e6 / pg['us_per_frame']:11.0f}", f"{'':>9s}", f"{pg['sc_db']:7.1f}dB")
-        print(f"  -> heap integrator is {pg['us_per_frame'] / ours['heap_us_per_frame']:.1f}x faster than pghipy; "
-              f"PGHI-from-magnitude SC {ours['heap_sc_pghi_db'] - pg['sc_db']:+.1f} dB vs pghipy", file=out)
+        row("pghipy (offline PGHI) @ 513 bins", pg["us_per_frame"], None, pg["sc_test_db"], None,
+            pg["sc_chord_db"])
+    if gl:
+        row("librosa Griffin-Lim 32 @ 513 bins", gl["us_per_frame"], None, gl["sc_test_db"], None,
+            gl["sc_chord_db"])
+    print("\nratios (same run, same input):", file=out)
+    if pg:
+        print(f"  heap is {pg['us_per_frame'] / ours['heap|us_per_frame']:.1f}x faster than pghipy "
+              f"(heap look-ahead {pg['us_per_frame'] / ours['heap look-ahead|us_per_frame']:.1f}x); "
+              f"PGHI-from-magnitude SC vs pghipy: "
+              f"{ours['heap look-ahead|sc_pghi_test_db'] - pg['sc_test_db']:+.1f} dB (look-ahead), "
+              f"{ours['heap|sc_pghi_test_db'] - pg['sc_test_db']:+.1f} dB (causal)", file=out)
     else:
         print("  pghipy: not installed (pip install pghipy)", file=out)
     if gl:
-        line(f"{'librosa Griffin-Lim, 32 iter':30s}", f"{gl['us_per_frame']:9.1f}",
-             f"{frame_s * 1e6 / gl['us_per_frame']:11.0f}", f"{'':>9s}", f"{gl['sc_db']:7.1f}dB")
-        print(f"  -> heap + PGHI is {gl['us_per_frame'] / ours['heap_us_per_frame']:.0f}x faster than "
-              f"Griffin-Lim-32; SC {ours['heap_sc_pghi_db'] - gl['sc_db']:+.1f} dB vs Griffin-Lim-32", file=out)
+        print(f"  heap look-ahead + PGHI vs Griffin-Lim-32: "
+              f"{gl['us_per_frame'] / ours['heap look-ahead|us_per_frame']:.0f}x faster, SC "
+              f"{ours['heap look-ahead|sc_pghi_test_db'] - gl['sc_test_db']:+.1f} dB on the test signal, "
+              f"{ours['heap look-ahead|sc_pghi_chord_db'] - gl['sc_chord_db']:+.1f} dB on the chord",
+              file=out)
     else:
         print("  librosa: not installed (pip install librosa)", file=out)
-    print("\noverlap-add iSTFT", file=out)
+    print("\noverlap-add iSTFT, us per frame", file=out)
     for k, v in r["ola"].items():
-        line(f"{k:30s}", f"{v:9.1f}")
+        print(f"  {k:34s}{v:9.1f}", file=out)
     v = r["vocode_pghi"]
-    print(f"\nvocode --model pghi, in process (mel analysis + vocoder): {v['seconds'] * 1e3:.0f} ms for "
-          f"{len_s(r)} s = {v['x_real_time']:.0f}x real time; SC vs input {v['sc_db_vs_input']:.1f} dB", file=out)
-
-
-def len_s(r: dict) -> str:
-    return r["signal"].split(", ")[1].split(")")[0]
+    print(f"\nvocode --model pghi in process (mel analysis + mel inverse + PGHI + heap + OLA): "
+          f"{v['seconds'] * 1e3:.0f} ms for the test signal = {v['x_real_time']:.0f}x real time; "
+          f"SC vs input {v['sc_db_vs_input']:.1f} dB", file=out)

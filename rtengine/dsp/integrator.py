@@ -65,14 +65,25 @@ def _level(x, base):
     return (np.int64(np.float64(x).view(np.int64)) >> BUCKET_SHIFT) - base
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _push(head, link, top, e, key, base):
+    nb = head.shape[0]
+    b = min(_level(key, base), nb - 1)
+    link[e] = head[b]
+    head[b] = e
+    return b if b > top else top
+
+
 @njit(cache=True, nogil=True)
 def _heap_frame(mag, omega, tau, lam, use_lambda, thr, prev_mag, prev_phase, prev_omega,
+                has_next, next_mag, next_omega, next_tau, next_phase, next_done,
                 phase, done, head, link, rng):
+    """Integrate one frame. Queue entries: ``m`` is bin m of the previous frame,
+    ``f + m`` of this frame, ``2f + m`` of the next frame (look-ahead only: its
+    phases are provisional, used to reach this frame's bins backwards in time)."""
     f = mag.shape[0]
-    nb = head.shape[0]
     base = np.int64(np.float64(thr).view(np.int64)) >> BUCKET_SHIFT
-    for b in range(nb):
-        head[b] = -1
+    head[:] = -1
     n_undone = 0
     for m in range(f):
         if mag[m] < thr or (use_lambda and Q_SINUSOIDAL <= lam[m] <= Q_IMPULSIVE):
@@ -81,15 +92,11 @@ def _heap_frame(mag, omega, tau, lam, use_lambda, thr, prev_mag, prev_phase, pre
         else:
             done[m] = 0
             n_undone += 1
-    # entries 0..f-1: bins of the previous frame; f..2f-1: bins of this frame
+        next_done[m] = 0 if (has_next and next_mag[m] >= thr) else 1
     top = -1
     for m in range(f):
         if prev_mag[m] >= thr:
-            b = min(_level(prev_mag[m], base), nb - 1)
-            link[m] = head[b]
-            head[b] = m
-            if b > top:
-                top = b
+            top = _push(head, link, top, m, prev_mag[m], base)
     while n_undone > 0:
         while top >= 0 and head[top] < 0:
             top -= 1
@@ -102,34 +109,40 @@ def _heap_frame(mag, omega, tau, lam, use_lambda, thr, prev_mag, prev_phase, pre
             phase[best] = prev_phase[best] + 0.5 * (prev_omega[best] + omega[best])
             done[best] = 1
             n_undone -= 1
-            top = min(_level(mag[best], base), nb - 1)
-            link[best + f] = head[top]
-            head[top] = best + f
+            top = _push(head, link, top, best + f, mag[best], base)
             continue
         e = head[top]
         head[top] = link[e]
-        if e < f:  # previous frame: step forward in time (trapezoid rule)
+        if e < f:              # previous frame: step forward in time (trapezoid rule)
             if done[e] == 0:
                 phase[e] = prev_phase[e] + 0.5 * (prev_omega[e] + omega[e])
                 done[e] = 1
                 n_undone -= 1
-                b = min(_level(mag[e], base), nb - 1)
-                link[e + f] = head[b]
-                head[b] = e + f
-                if b > top:
-                    top = b
-        else:      # this frame: spread to the neighbours in frequency
+                top = _push(head, link, top, e + f, mag[e], base)
+        elif e < 2 * f:        # this frame: spread in frequency, and forward to the next
             m = e - f
             for nbr in (m + 1, m - 1):
                 if 0 <= nbr < f and done[nbr] == 0:
                     phase[nbr] = phase[m] + (0.5 if nbr > m else -0.5) * (tau[m] + tau[nbr])
                     done[nbr] = 1
                     n_undone -= 1
-                    b = min(_level(mag[nbr], base), nb - 1)
-                    link[nbr + f] = head[b]
-                    head[b] = nbr + f
-                    if b > top:
-                        top = b
+                    top = _push(head, link, top, nbr + f, mag[nbr], base)
+            if next_done[m] == 0:
+                next_phase[m] = phase[m] + 0.5 * (omega[m] + next_omega[m])
+                next_done[m] = 1
+                top = _push(head, link, top, m + 2 * f, next_mag[m], base)
+        else:                  # next frame: spread in frequency, and back to this frame
+            m = e - 2 * f
+            for nbr in (m + 1, m - 1):
+                if 0 <= nbr < f and next_done[nbr] == 0:
+                    next_phase[nbr] = next_phase[m] + (0.5 if nbr > m else -0.5) * (next_tau[m] + next_tau[nbr])
+                    next_done[nbr] = 1
+                    top = _push(head, link, top, nbr + 2 * f, next_mag[nbr], base)
+            if done[m] == 0:
+                phase[m] = next_phase[m] - 0.5 * (omega[m] + next_omega[m])
+                done[m] = 1
+                n_undone -= 1
+                top = _push(head, link, top, m + f, mag[m], base)
 
 
 @njit(cache=True, nogil=True)
@@ -153,7 +166,7 @@ def _lambda_frame_integrate(mag, omega, tau, lam, thr, prev_phase, prev_omega, p
 def _integrate_block(mag, omega, tau, out_mag, out_phase, heap_mode, lookahead, use_lambda,
                      tol, bins_per_rad, st_prev_mag, st_prev_phase, st_prev_omega, st_prev_dn,
                      st_pend_mag, st_pend_omega, st_pend_tau, st_seen, dm, dn, dn_next, lam,
-                     phase, done, head, link, rng):
+                     phase, done, head, link, next_phase, next_done, rng):
     f = mag.shape[1]
     need_lambda = use_lambda or not heap_mode
     for j in range(mag.shape[0]):
@@ -193,10 +206,18 @@ def _integrate_block(mag, omega, tau, out_mag, out_phase, heap_mode, lookahead, 
                 peak = cm[m]
             if st_prev_mag[m] > peak:
                 peak = st_prev_mag[m]
+            if lookahead and mag[j, m] > peak:
+                peak = mag[j, m]
         thr = max(tol * peak, 1e-12)
         if heap_mode:
-            _heap_frame(cm, co, ct, lam, use_lambda, thr, st_prev_mag, st_prev_phase,
-                        st_prev_omega, phase, done, head, link, rng)
+            if lookahead:
+                _heap_frame(cm, co, ct, lam, use_lambda, thr, st_prev_mag, st_prev_phase,
+                            st_prev_omega, True, mag[j], omega[j], tau[j], next_phase,
+                            next_done, phase, done, head, link, rng)
+            else:
+                _heap_frame(cm, co, ct, lam, use_lambda, thr, st_prev_mag, st_prev_phase,
+                            st_prev_omega, False, cm, co, ct, next_phase, next_done,
+                            phase, done, head, link, rng)
         else:
             _lambda_frame_integrate(cm, co, ct, lam, thr, st_prev_phase, st_prev_omega, phase, rng)
         for m in range(f):
@@ -248,7 +269,9 @@ class PhaseIntegrator:
         self._work = np.zeros((5, f))     # dm, dn, dn_next, lam, phase
         self._done = np.zeros(f, dtype=np.uint8)
         self._head = np.zeros(n_buckets(self.tol), dtype=np.int64)   # bucket queue
-        self._link = np.zeros(2 * f, dtype=np.int64)
+        self._link = np.zeros(3 * f, dtype=np.int64)
+        self._next_phase = np.zeros(f)
+        self._next_done = np.zeros(f, dtype=np.uint8)
         self._seen = np.zeros(1, dtype=np.int64)
         self._rng = np.zeros(1, dtype=np.uint64)
         self.reset()
@@ -277,7 +300,7 @@ class PhaseIntegrator:
         _integrate_block(mag_t, omega_t, tau_t, out_mag_t, out_phase_t, self.mode == "heap",
                          self.lookahead, self.use_lambda, self.tol, self._bins_per_rad,
                          p[0], p[1], p[2], p[3], q[0], q[1], q[2], self._seen,
-                         w[0], w[1], w[2], w[3], w[4], self._done, self._head, self._link,
+                         w[0], w[1], w[2], w[3], w[4], self._done, self._head, self._link, self._next_phase, self._next_done,
                          self._rng)
         return out_mag_t.T, out_phase_t.T
 

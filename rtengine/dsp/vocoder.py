@@ -34,7 +34,7 @@ class PGHIVocoder:
         self.cfg = cfg
         self.nnls_iter = nnls_iter
         self.gradients = PGHIGradients(cfg, lookahead=lookahead)
-        self.integrator = PhaseIntegrator(cfg.n_fft, cfg.hop, mode=mode, lookahead=False,
+        self.integrator = PhaseIntegrator(cfg.n_fft, cfg.hop, mode=mode, lookahead=lookahead,
                                           use_lambda=use_lambda, seed=seed)
         self.ola = OverlapAdd(cfg)
         self.latency_frames = self.gradients.latency_frames + self.integrator.latency_frames
