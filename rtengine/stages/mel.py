@@ -16,8 +16,9 @@ class MelStage(Stage):
 
     In: audio ``(k*R,)``; out: log-mel ``(n_mels, k)``. The analysis window of
     frame ``n`` is centred on sample ``n*R`` and needs ``n_fft/2`` samples of
-    look-ahead, so the first frames are silence (log floor) and the stage
-    reports that delay as latency.
+    look-ahead, of which one hop arrives with the tick itself: the first frames
+    are silence (log floor) and the stage reports ``n_fft/2 - R`` samples of
+    latency.
 
     Params: ``eq`` — 8 gains in dB over equal groups of mel bands, low to high.
     """
@@ -31,7 +32,9 @@ class MelStage(Stage):
         self.add_param(Param("eq", -24.0, 12.0, 0.0, "dB", smoothing=0.05, size=self.n_eq,
                              description="mel band EQ, 8 groups of bands from low to high"))
         self.band_group = (np.arange(cfg.n_mels) * self.n_eq) // cfg.n_mels
-        self.latency_samples = cfg.n_fft // 2
+        # frame n (centred on n*R) is complete once sample n*R + n_fft/2 - 1 has
+        # arrived, i.e. at the end of tick n + n_fft/(2R) - 1
+        self.latency_samples = cfg.n_fft // 2 - cfg.hop
 
     def prepare(self, max_frames: int) -> None:
         super().prepare(max_frames)
