@@ -23,7 +23,7 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vocode the built-in 10 s test signal (also written beside the output)")
     v.add_argument("--model", default="pghi", help="vocoder model (default: pghi)")
     v.add_argument("--config", default="22k", help="audio config: 22k (default) or 44k")
-    v.add_argument("--block-size", type=_positive_int, default=None, metavar="B",
+    v.add_argument("--block-size", type=positive_int, default=None, metavar="B",
                    help="stream in host blocks of B samples, as a live engine would; "
                         "the output does not depend on B")
     v.add_argument("--mode", choices=["heap", "lambda"], default="heap",

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .errors import UserError
+from .cli import positive_int
 
 
 def _parse_set(items) -> list[tuple[str, float]]:
@@ -165,16 +166,6 @@ def cmd_touchosc(args) -> int:
     return 0
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def add_engine_commands(sub) -> None:
     """Register render, play, devices, params and touchosc on ``sub``."""
     F = argparse.RawDescriptionHelpFormatter
@@ -192,7 +183,7 @@ def add_engine_commands(sub) -> None:
     r.add_argument("--duration", type=float, default=None,
                    help="seconds to render (default: the source's length plus the latency)")
     r.add_argument("--seed", type=int, default=None, help="seed (default: the patch's seed)")
-    r.add_argument("--block-size", type=_positive_int, default=256, help="host block size in samples")
+    r.add_argument("--block-size", type=positive_int, default=256, help="host block size in samples")
     r.add_argument("--set", action="append", metavar="STAGE.PARAM=VALUE",
                    help="override a parameter (repeatable; list items as stage.param[i]=v)")
     r.add_argument("--plot", metavar="PNG", help="also write a spectrogram of the output")
@@ -207,7 +198,7 @@ def add_engine_commands(sub) -> None:
                               "  rtengine play patches/live-input.yaml --device JACK --block-size 64")
     p.add_argument("patch", nargs="?", help=patch_help)
     p.add_argument("--device", help="output device index or name substring (see 'rtengine devices')")
-    p.add_argument("--block-size", type=_positive_int, default=256, help="samples per callback")
+    p.add_argument("--block-size", type=positive_int, default=256, help="samples per callback")
     p.add_argument("--latency", type=float, default=None, metavar="MS",
                    help="ring buffer fill target in ms (default: max(4 hops, 3 blocks))")
     p.add_argument("--osc", metavar="HOST:PORT", help="listen for OSC here (default: the patch's)")
