@@ -9,6 +9,7 @@ from . import sources as _sources  # noqa: F401  (registers the sources)
 from . import mel as _mel  # noqa: F401
 from . import vocoder as _vocoder  # noqa: F401
 from . import output as _output  # noqa: F401
+from . import latentft as _latentft  # noqa: F401
 from .vocoder import VOCODER_MODELS, register_vocoder
 
 __all__ = ["Stage", "Source", "STAGE_TYPES", "SOURCE_TYPES", "register_stage",

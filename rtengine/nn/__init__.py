@@ -1,0 +1,1 @@
+"""Torch modules: streaming convolutions and the networks and losses of the models."""

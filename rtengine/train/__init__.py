@@ -1,0 +1,1 @@
+"""Training: the shared loop, checkpoints, cached features, and the models' training tasks."""

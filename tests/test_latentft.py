@@ -1,0 +1,280 @@
+"""LatentFT: mask (eq. 4), bands, latent DFT, streaming operator, EDM, the
+chunked decoder and the live stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rtengine.config import get_config
+from rtengine.nn import edm
+from rtengine.nn.latentft import (BAND_EDGES, LOG_MEL_MIN, N_BINS, LatentFTModel, TrainingMask,
+                                  apply_latent_mask, band_edges, band_edges_hz, band_index,
+                                  band_mask, correlated_scores, gains_to_mask, log_frequency_axis,
+                                  one_sided_operator, rbf_kernel, save_weights, scale_mel,
+                                  stream_generate, unscale_mel)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "latentft-22k" / "weights.pt"
+TINY = {"hidden": 16, "enc_blocks": 1, "latent": 4, "channels": [8, 8, 8], "emb": 16,
+        "hop": 8, "context": 8, "lookahead": 8, "window": 64}
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    m = LatentFTModel(TINY)
+    path = tmp_path_factory.mktemp("lft") / "weights.pt"
+    save_weights(m, path)
+    return path
+
+
+# -- eq. 4 ---------------------------------------------------------------------
+def test_rbf_kernel_columns_unit_norm_and_correlation_by_log_distance():
+    u = log_frequency_axis()
+    K = rbf_kernel(u)
+    assert K.shape == (N_BINS, N_BINS)
+    np.testing.assert_allclose(np.linalg.norm(K, axis=0), 1.0, atol=1e-12)
+    # scores: unit variance, neighbours on the log axis correlated, far bins not
+    torch.manual_seed(0)
+    g = torch.randn(4000, N_BINS)
+    s = correlated_scores(g, torch.from_numpy(K).float()).numpy()
+    assert abs(s.var(axis=0).mean() - 1.0) < 0.05
+    c = np.corrcoef(s[:, [200, 210, 3]].T)
+    assert c[0, 1] > 0.9          # 200 and 210: nearly the same log frequency
+    assert abs(c[0, 2]) < 0.1     # bin 3 is ~4 octaves away
+
+
+def test_training_mask_fraction_follows_threshold():
+    gen = torch.Generator().manual_seed(0)
+    tm = TrainingMask()
+    fr = [float(tm.sample(200, gen, torch.full((200,), t)).mean()) for t in (-1.0, 0.0, 1.0)]
+    assert fr[0] > 0.75 and 0.4 < fr[1] < 0.6 and fr[2] < 0.25
+    m = tm.sample(500, gen)                      # random thresholds t ~ N(0, 1)
+    assert set(np.unique(m.numpy())) <= {0.0, 1.0}
+    per = m.mean(dim=1).numpy()
+    assert per.std() > 0.2                       # widely spread, not binomial around ½
+    assert (per < 0.1).mean() > 0.05 and (per > 0.9).mean() > 0.05
+
+
+# -- bands ---------------------------------------------------------------------
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_band_partitions_cover_unit_interval(n):
+    e = np.asarray(band_edges(n))
+    assert len(e) == n + 1 and e[0] == 0.0 and e[-1] == 1.0 and np.all(np.diff(e) > 0)
+    assert set(e) <= set(BAND_EDGES[8])          # coarser partitions merge the 8 bands
+    idx = band_index(n)
+    assert idx.shape == (N_BINS,) and np.all(np.diff(idx) >= 0)
+    assert set(idx) == set(range(n))            # every band has bins, every bin a band
+    total = sum(band_mask(n, [b]) for b in range(n))
+    np.testing.assert_array_equal(total, 1.0)
+    hz = band_edges_hz(n)
+    assert hz[0][0] == 0 and abs(hz[-1][1] - 22050 / 512) < 1e-9
+    assert all(abs(a[1] - b[0]) < 1e-12 for a, b in zip(hz, hz[1:]))
+
+
+def test_two_band_split_at_2_7_hz():
+    assert abs(band_edges_hz(2)[0][1] - 2.696) < 0.01
+
+
+# -- latent DFT and gains ------------------------------------------------------------
+def test_all_ones_gains_reproduce_latent_exactly():
+    z = torch.randn(3, 16, 512, dtype=torch.float64)
+    m = torch.from_numpy(gains_to_mask(np.ones(8))).double()
+    np.testing.assert_allclose(apply_latent_mask(z, m).numpy(), z.numpy(), atol=1e-12)
+    # bands are a partition: the band parts add back to the latent; gains are linear
+    parts = [apply_latent_mask(z, torch.from_numpy(band_mask(8, [b])).double()) for b in range(8)]
+    np.testing.assert_allclose(sum(parts).numpy(), z.numpy(), atol=1e-10)
+    g = np.array([0, 1, 2, 0.5, 1, 1, 0, 1.5])
+    boosted = apply_latent_mask(z, torch.from_numpy(gains_to_mask(g)).double())
+    np.testing.assert_allclose(boosted.numpy(), sum(gi * p for gi, p in zip(g, parts)).numpy(), atol=1e-10)
+    zero = apply_latent_mask(z, torch.zeros(N_BINS, dtype=torch.float64))
+    assert float(zero.abs().max()) == 0.0
+
+
+def test_mel_scaling_round_trip():
+    L = np.array([LOG_MEL_MIN, 0.0, 2.1922])
+    np.testing.assert_allclose(scale_mel(L)[[0, 2]], [-1.0, 1.0], atol=1e-4)
+    np.testing.assert_allclose(unscale_mel(scale_mel(L)), L, atol=1e-9)
+
+
+# -- streaming operator ----------------------------------------------------------
+def test_stage_ring_buffer_equals_offline_one_sided_operator(tiny_weights):
+    from rtengine.stages.latentft import LatentFTStage
+
+    st = LatentFTStage("latentft", get_config("22k"), {"model": str(tiny_weights)})
+    st.prepare(16)
+    H, D, W = st.H, st.D, st.W
+    rng = np.random.default_rng(0)
+    z = torch.from_numpy(rng.standard_normal((4, 10 * H)).astype(np.float32))
+    gains = rng.uniform(0, 2, 8)
+    mask = torch.from_numpy(gains_to_mask(gains, 8, 2 * W))
+    sil = torch.from_numpy(st._silence_z)
+    ref = one_sided_operator(z, mask, D, H, sil, W)
+    ring = np.repeat(st._silence_z[:, None], W, 1).astype(np.float32)
+    got = []
+    for j in range(10):
+        st._push(ring, z[:, j * H:(j + 1) * H].numpy())
+        got.append(st._masked(ring, gains, 8)[0, :, st.P:])
+    np.testing.assert_allclose(torch.cat(got, 1).numpy(), ref.numpy(), atol=1e-5)
+    # frame i of the operator is the masked latent of stream frame i - D: with the
+    # identity mask it is the input itself
+    ident = one_sided_operator(z, torch.ones(2 * W // 2 + 1), D, H, sil, W)
+    np.testing.assert_allclose(ident[:, D:].numpy(), z[:, :-D].numpy(), atol=1e-5)
+
+
+def test_stage_equals_offline_stream_and_block_size_does_not_matter(tiny_weights):
+    from rtengine.stages.latentft import LatentFTStage
+
+    cfg = get_config("22k")
+    rng = np.random.default_rng(1)
+    T = 6 * 8
+    mel = (rng.standard_normal((80, T)) - 4).astype(np.float32)
+    outs = []
+    for blocks in ([1] * T, [5, 11, 3, 16, 13]):
+        st = LatentFTStage("latentft", cfg, {"model": str(tiny_weights)}, seed=3)
+        st.prepare(16)
+        st.params["steps"].set(2)
+        st.params["gain"].set_all([1, 0, 1, 2, 0.5, 1, 0, 1])
+        for p in st.params.values():
+            p.reset()
+        o, pos = [], 0
+        for k in blocks:
+            for p in st.params.values():
+                p.begin_block()
+            o.append(st.process(mel[:, pos:pos + k], k))
+            pos += k
+        outs.append(np.concatenate(o, axis=1))
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+    st_lat = st.D + st.H
+    model = st.model
+    m = torch.from_numpy(gains_to_mask(np.array([1, 0, 1, 2, 0.5, 1, 0, 1]), 8, 2 * st.W))[None]
+    ref = stream_generate(model, [(mel, m, 1.0)], T - st_lat, steps=2, seed=3)[0].numpy()
+    np.testing.assert_allclose(outs[0][:, st_lat:], ref, atol=1e-4)
+
+
+# -- EDM -----------------------------------------------------------------------------
+def test_edm_preconditioning_values():
+    sd = 0.5
+    for s in (0.002, 0.1, 0.5, 1.0, 80.0):
+        c_skip, c_out, c_in, c_noise = edm.precond_coefficients(torch.tensor([s], dtype=torch.float64), sd)
+        assert abs(float(c_skip) - sd ** 2 / (s ** 2 + sd ** 2)) < 1e-12
+        assert abs(float(c_out) - s * sd / np.sqrt(s ** 2 + sd ** 2)) < 1e-12
+        assert abs(float(c_in) - 1 / np.sqrt(s ** 2 + sd ** 2)) < 1e-12
+        assert abs(float(c_noise) - np.log(s) / 4) < 1e-12
+
+    class Const(torch.nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, x, c_noise):
+            self.seen = x
+            return torch.full_like(x, self.v)
+
+    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    sigma = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    net = Const(1.0)
+    D = edm.EDMPrecond(net)(x, sigma)
+    c_skip, c_out, c_in, _ = edm.precond_coefficients(sigma)
+    np.testing.assert_allclose(D.numpy(), (c_skip.view(-1, 1, 1) * x + c_out.view(-1, 1, 1)).numpy())
+    np.testing.assert_allclose(net.seen.numpy(), (c_in.view(-1, 1, 1) * x).numpy())
+
+
+def test_sigma_schedule_and_heun_recovers_a_point():
+    t = edm.sigma_steps(8)
+    assert abs(float(t[0]) - 80.0) < 1e-9 and abs(float(t[7]) - 0.002) < 1e-12 and float(t[8]) == 0
+    assert torch.all(torch.diff(t) < 0)
+    y0 = torch.linspace(-1, 1, 10).view(1, 1, 10)
+    out = edm.heun_sample(lambda x, s: (x - y0) / s, torch.randn(1, 1, 10), 6)   # ideal denoiser
+    np.testing.assert_allclose(out.numpy(), y0.numpy(), atol=1e-6)
+
+
+def test_sampler_deterministic_for_a_seed(tiny_weights):
+    from rtengine.nn.latentft import load_model
+
+    m = load_model(tiny_weights)
+    mel = (np.random.default_rng(0).standard_normal((80, 40)) - 4).astype(np.float32)
+    mask = torch.ones(1, 65)
+    a = stream_generate(m, [(mel, mask, 1.0)], 40, steps=3, scale=2.0, seed=5)
+    b = stream_generate(m, [(mel, mask, 1.0)], 40, steps=3, scale=2.0, seed=5)
+    c = stream_generate(m, [(mel, mask, 1.0)], 40, steps=3, scale=2.0, seed=6)
+    assert torch.equal(a, b)
+    assert float((a - c).abs().max()) > 1e-3
+
+
+def test_guidance_and_blend_combine_derivatives():
+    # a fake denoiser: D(x; σ, c) = c (the condition itself)
+    x = torch.zeros(1, 2, 3)
+    ca, cb, null = torch.ones(1, 2, 3), 3 * torch.ones(1, 2, 3), torch.zeros(1, 2, 3)
+    den = lambda xb, sb, cb_: cb_  # noqa: E731
+    sigma = 2.0
+    d = edm.combined_derivative(den, x, sigma, [ca, cb], [0.25, 0.75], 2.0, null)
+    da, db, dn = (x - ca) / sigma, (x - cb) / sigma, (x - null) / sigma
+    np.testing.assert_allclose(d.numpy(), (2.0 * (0.25 * da + 0.75 * db) - 1.0 * dn).numpy())
+    d1 = edm.combined_derivative(den, x, sigma, [ca], [1.0], 1.0, null)
+    np.testing.assert_allclose(d1.numpy(), da.numpy())
+
+
+# -- the shipped model -----------------------------------------------------------
+@pytest.mark.skipif(not SHIPPED.exists(), reason="models/latentft-22k not trained")
+def test_chunk_joins_are_continuous():
+    from rtengine.dsp.mel import log_mel
+    from rtengine.io import read_audio
+    from rtengine.nn.latentft import load_model
+
+    m = load_model(SHIPPED)
+    x = read_audio(ROOT / "patches" / "audio" / "latentft-band.wav", 22050)[:22050 * 3]
+    mel = log_mel(x, get_config("22k"))
+    T = mel.shape[1]
+    y = stream_generate(m, [(mel, torch.ones(1, m.window + 1), 1.0)], T, steps=6)[0].numpy()
+    jump = np.abs(np.diff(y, axis=1)).mean(axis=0)        # jump[i]: frame i -> i+1
+    # chunk j covers output frames [jH - D, (j+1)H - D): joins after frames jH - D - 1
+    joins = np.zeros(T - 1, bool)
+    for j in range(1, T // m.hop + 2):
+        i = j * m.hop - m.lookahead - 1
+        if 0 <= i < T - 1:
+            joins[i] = True
+    assert joins.sum() >= 4
+    assert jump[joins].max() <= jump[~joins].max()
+    assert jump[joins].mean() <= 2.0 * jump[~joins].mean()
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="models/latentft-22k not trained")
+def test_stage_renders_in_patch(tmp_path):
+    import yaml
+
+    import rtengine.stages.latentft  # noqa: F401  (registers the stage)
+    from rtengine.control.patch import build_engine, load_patch
+    from rtengine.engine.render import render
+
+    data = yaml.safe_load((ROOT / "patches" / "latent-eq.yaml").read_text())
+    data["source"]["path"] = str(ROOT / "patches" / "audio" / "latentft-band.wav")
+    data["automation"] = [{"t": 0.5, "param": "latentft.gain[7]", "value": 0.0},
+                          {"t": 1.0, "param": "latentft.variation", "value": 1.0}]
+    data["stages"][1]["params"]["steps"] = 3
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump(data))
+    eng = build_engine(load_patch(p))
+    assert abs(eng.latency_ms - 1000 * (32 + 32) / (22050 / 256) - 0) < 200
+    y = render(eng, 22050 * 2, block_size=300)
+    assert np.isfinite(y).all() and np.abs(y).max() <= 1.0
+    assert np.abs(y[22050:]).max() > 1e-3      # sound after the latency
+    p_gain, idx = eng.param("latentft.gain[3]")
+    assert p_gain.size == 8 and idx == 3
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="models/latentft-22k not trained")
+def test_blend_patch_loads_and_touchosc_has_a_fader_per_band():
+    import rtengine.stages.latentft  # noqa: F401
+    from rtengine.control.patch import build_engine, load_patch
+    from rtengine.control.touchosc import layout_xml
+
+    eng = build_engine(load_patch(ROOT / "patches" / "latent-blend.yaml"))
+    xml = layout_xml(eng)
+    for b in range(8):
+        assert f"/rtengine/latentft/gain/{b}/norm" in xml
+        assert f"/rtengine/latentft/gain_b/{b}/norm" in xml

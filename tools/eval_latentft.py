@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Evaluate LatentFT on test-split phrases clips.
+
+1. Conditional generation, one condition per band of the 2-, 4- and 8-band
+   partitions (14 in all): the clip is streamed through the live operator
+   (look-ahead D, chunks of H, ring of 512 frames) keeping only that band,
+   decoded, and vocoded (PGHI). Adherence to the input in that band:
+   loudness-curve correlation and rhythm (beat spectrum of the onset
+   envelope, cosine), both band-passed to the band (rtengine.metrics).
+   Baseline "Spectrogram": the scaled log-mel itself DFT-masked along time
+   with the same band (offline, two-sided, whole clip), then vocoded.
+2. Blending: pairs of clips, A keeps the slow half (< 2.7 Hz), B the fast
+   half, weights ½, ½, guidance 2 (paper's setting); adherence to A in A's
+   band and to B in B's band, beside the spectrogram-domain blend.
+3. The streaming operator alone, for several look-aheads D: how well the
+   one-sided masked latent keeps a band's energy compared with the offline
+   two-sided mask (no decoder involved).
+
+    python tools/eval_latentft.py --data data/phrases/manifest.jsonl \
+        --model models/latentft-22k --clips 12 --json reports/latentft-eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rtengine.config import get_config  # noqa: E402
+from rtengine.dsp.mel import log_mel  # noqa: E402
+from rtengine.dsp.vocoder import vocode_pghi  # noqa: E402
+from rtengine.io import read_audio  # noqa: E402
+from rtengine.metrics import loudness_correlation, rhythm_similarity  # noqa: E402
+from rtengine.nn.latentft import (LOG_MEL_MIN, apply_latent_mask, band_edges_hz,  # noqa: E402
+                                  band_mask, load_model, one_sided_operator, scale_mel,
+                                  stream_generate, unscale_mel)
+
+PARTITIONS = (2, 4, 8)
+
+
+def conditions():
+    """The 14 single-band conditions: ``[(n_bands, band, (lo_hz, hi_hz))]``."""
+    return [(n, b, band_edges_hz(n)[b]) for n in PARTITIONS for b in range(n)]
+
+
+def spectrogram_baseline(mel: np.ndarray, masks_fn) -> np.ndarray:
+    """The paper's "Spectrogram" baseline: DFT-mask the scaled log-mel along
+    time (whole clip, zero-padded to ≥ 2T) and unscale. masks_fn(n_dft) →
+    ``(B, n_dft/2+1)``. → ``(B, n_mels, T)`` log-mel."""
+    T = mel.shape[1]
+    n = int(2 ** np.ceil(np.log2(2 * T)))
+    y = torch.from_numpy(scale_mel(mel).astype(np.float32))[None]
+    m = torch.from_numpy(masks_fn(n))
+    out = apply_latent_mask(y.expand(m.shape[0], -1, -1), m, n)
+    return np.maximum(unscale_mel(out.numpy()), LOG_MEL_MIN)
+
+
+def adherence(ref, est, band, sr) -> tuple[float, float]:
+    return (loudness_correlation(ref, est, sr, band=band),
+            rhythm_similarity(ref, est, sr, band=band))
+
+
+def operator_accuracy(model, mels, lookaheads, hop) -> dict:
+    """Band-energy accuracy of the one-sided streaming operator against the
+    offline two-sided mask, per look-ahead D (latent level, no decoder).
+
+    For each clip and each of the 8 bands: ``acc = 1 - ‖z_D - z_ref‖² / ‖z_ref‖²``
+    over the clip's frames, where ``z_ref`` is the latent masked offline
+    (whole stream, silence before it, fine DFT) and ``z_D`` the streamed one;
+    and ``in_band``: the fraction of ``z_D``'s energy that lies in the band.
+    Returns ``{D: {"acc": mean, "in_band": mean}}``."""
+    W = model.window
+    sil = model.silence_latent()
+    res = {}
+    for D in lookaheads:
+        accs, inb, inb_ref = [], [], []
+        for mel in mels:
+            with torch.no_grad():
+                z = model.encode(torch.from_numpy(scale_mel(mel).astype(np.float32))[None])[0]
+                T = z.shape[1]
+                # what the stream holds before and after the clip: silence
+                tail = sil[:, None].expand(-1, D + hop)
+                zz = torch.cat([z, tail], dim=1)
+                full = torch.cat([sil[:, None].expand(-1, W), zz], dim=1)
+                n_ref = int(2 ** np.ceil(np.log2(2 * full.shape[1])))
+                for b in range(8):
+                    m_win = torch.from_numpy(band_mask(8, [b], 2 * W))
+                    zs = one_sided_operator(zz, m_win, D, hop, sil, W)[:, D:D + T]
+                    m_ref = torch.from_numpy(band_mask(8, [b], n_ref))
+                    zr = apply_latent_mask(full[None], m_ref, n_ref)[0][:, W:W + T]
+                    err = float(((zs - zr) ** 2).sum() / (zr ** 2).sum().clamp(min=1e-12))
+                    accs.append(1.0 - err)
+                    inside = torch.from_numpy(band_mask(8, [b], n_ref)).bool()
+                    for v, lst in ((zs, inb), (zr, inb_ref)):
+                        S = torch.fft.rfft(v, n=n_ref, dim=1).abs() ** 2
+                        lst.append(float(S[:, inside].sum() / S.sum().clamp(min=1e-12)))
+        res[int(D)] = {"acc": float(np.mean(accs)), "in_band": float(np.mean(inb)),
+                       "in_band_offline": float(np.mean(inb_ref))}
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="data/phrases/manifest.jsonl")
+    ap.add_argument("--model", default="models/latentft-22k")
+    ap.add_argument("--clips", type=int, default=12, help="test clips (spread over the split)")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--guidance", type=float, default=1.0)
+    ap.add_argument("--sigma-min", type=float, default=0.002, help="sampler's last noise level")
+    ap.add_argument("--blend-pairs", type=int, default=6)
+    ap.add_argument("--lookaheads", default="0,8,16,32,64,128")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = get_config("22k")
+    sr = cfg.sample_rate
+    model = load_model(Path(args.model) / "weights.pt" if Path(args.model).is_dir() else args.model)
+    manifest = Path(args.data)
+    rows = [json.loads(l) for l in manifest.read_text().splitlines() if l.strip()]
+    rows = [r for r in rows if r["split"] == "test"]
+    pick = np.linspace(0, len(rows) - 1, min(args.clips, len(rows))).astype(int)
+    rows = [rows[i] for i in pick]
+    audio = [read_audio(manifest.parent / r["path"], sr) for r in rows]
+    mels = [log_mel(x, cfg) for x in audio]
+    conds = conditions()
+    t0 = time.time()
+
+    # 1. conditional generation ------------------------------------------------
+    W = model.window
+    masks = torch.from_numpy(np.stack([band_mask(n, [b], 2 * W) for n, b, _ in conds]))
+    scores = {"latentft": {"loudness": [], "rhythm": []}, "spectrogram": {"loudness": [], "rhythm": []}}
+    per_band = {f"{n}:{b}": {"hz": hz, "latentft": [], "spectrogram": []} for n, b, hz in conds}
+    for ci, (x, mel) in enumerate(zip(audio, mels)):
+        T = mel.shape[1]
+        gen = stream_generate(model, [(mel, masks, 1.0)], T, args.steps, args.guidance,
+                              seed=args.seed + ci, sigma_min=args.sigma_min).numpy()
+        base = spectrogram_baseline(mel, lambda n: np.stack([band_mask(nb, [b], n) for nb, b, _ in conds]))
+        for k, (n, b, hz) in enumerate(conds):
+            for name, m in (("latentft", gen[k]), ("spectrogram", base[k])):
+                y = vocode_pghi(m.astype(np.float32), cfg, length=len(x))
+                lo, rh = adherence(x, y, hz, sr)
+                scores[name]["loudness"].append(lo)
+                scores[name]["rhythm"].append(rh)
+                per_band[f"{n}:{b}"][name].append((lo, rh))
+        print(f"clip {ci + 1}/{len(audio)} {rows[ci]['id']}: "
+              f"latentft L {np.mean(scores['latentft']['loudness']):.3f} R {np.mean(scores['latentft']['rhythm']):.3f} | "
+              f"spectrogram L {np.mean(scores['spectrogram']['loudness']):.3f} "
+              f"R {np.mean(scores['spectrogram']['rhythm']):.3f}  ({time.time() - t0:.0f} s)", flush=True)
+    gen_table = {name: {k: float(np.mean(v)) for k, v in d.items()} for name, d in scores.items()}
+    band_table = {k: {"hz": [round(v["hz"][0], 3), round(v["hz"][1], 3)],
+                      **{name: {"loudness": float(np.mean([a for a, _ in v[name]])),
+                                "rhythm": float(np.mean([r for _, r in v[name]]))}
+                         for name in ("latentft", "spectrogram")}}
+                  for k, v in per_band.items()}
+
+    # 2. blending ---------------------------------------------------------------
+    lo_m = torch.from_numpy(band_mask(2, [0], 2 * W))[None]
+    hi_m = torch.from_numpy(band_mask(2, [1], 2 * W))[None]
+    lo_hz, hi_hz = band_edges_hz(2)
+    bl = {"latentft": {"A_loudness": [], "A_rhythm": [], "B_loudness": [], "B_rhythm": []},
+          "spectrogram": {"A_loudness": [], "A_rhythm": [], "B_loudness": [], "B_rhythm": []}}
+    n_pairs = min(args.blend_pairs, len(audio) // 2)
+    for p in range(n_pairs):
+        ia, ib = 2 * p, 2 * p + 1
+        xa, xb, ma, mb = audio[ia], audio[ib], mels[ia], mels[ib]
+        T = min(ma.shape[1], mb.shape[1])
+        g = stream_generate(model, [(ma, lo_m, 0.5), (mb, hi_m, 0.5)], T, args.steps, 2.0,
+                            seed=args.seed + 100 + p, sigma_min=args.sigma_min).numpy()[0]
+        n = int(2 ** np.ceil(np.log2(2 * T)))
+        ya = torch.from_numpy(scale_mel(ma[:, :T]).astype(np.float32))[None]
+        yb = torch.from_numpy(scale_mel(mb[:, :T]).astype(np.float32))[None]
+        sb = apply_latent_mask(ya, torch.from_numpy(band_mask(2, [0], n)), n) + \
+            apply_latent_mask(yb, torch.from_numpy(band_mask(2, [1], n)), n)
+        sb = np.maximum(unscale_mel(sb[0].numpy()), LOG_MEL_MIN)
+        L = min(len(xa), len(xb))
+        for name, m in (("latentft", g), ("spectrogram", sb)):
+            y = vocode_pghi(m.astype(np.float32), cfg, length=L)
+            a = adherence(xa[:L], y, lo_hz, sr)
+            b = adherence(xb[:L], y, hi_hz, sr)
+            bl[name]["A_loudness"].append(a[0])
+            bl[name]["A_rhythm"].append(a[1])
+            bl[name]["B_loudness"].append(b[0])
+            bl[name]["B_rhythm"].append(b[1])
+    blend_table = {name: {k: float(np.mean(v)) if v else None for k, v in d.items()} for name, d in bl.items()}
+
+    # 3. the operator alone -------------------------------------------------------
+    D_list = [int(v) for v in args.lookaheads.split(",") if v.strip()]
+    op = operator_accuracy(model, mels[:6], D_list, model.hop)
+
+    import shlex
+    cmd = "python tools/eval_latentft.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    res = {"command": cmd, "model": str(args.model), "clips": [r["id"] for r in rows], "steps": args.steps,
+           "guidance": args.guidance, "sigma_min": args.sigma_min, "lookahead": model.lookahead, "hop": model.hop,
+           "conditional": gen_table, "per_band": band_table, "blend": blend_table,
+           "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}
+    print("\nconditional generation (mean over 14 bands x clips)")
+    print(f"{'':14s}{'loudness':>10s}{'rhythm':>10s}")
+    for name, d in gen_table.items():
+        print(f"{name:14s}{d['loudness']:10.3f}{d['rhythm']:10.3f}")
+    print("\nblending (A: < 2.7 Hz, B: > 2.7 Hz)")
+    for name, d in blend_table.items():
+        print(name, {k: (round(v, 3) if v is not None else None) for k, v in d.items()})
+    print("\nstreaming operator vs look-ahead D (H = %d)" % model.hop)
+    for D, d in op.items():
+        print(f"D={D:4d} ({1000 * D / cfg.frame_rate:5.0f} ms): accuracy {d['acc']:.3f}, in-band energy {d['in_band']:.3f} "
+              f"(offline {d['in_band_offline']:.3f})")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
