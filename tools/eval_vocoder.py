@@ -82,6 +82,15 @@ SYSTEMS: dict[str, System] = {
 MODEL_LOADERS: dict[str, Callable[[Path], Callable[[AudioConfig], SystemFn]]] = {}
 
 
+def _pgvoc_loader(model_dir: Path):
+    from rtengine.neural_vocoder import eval_system
+
+    return eval_system(model_dir)
+
+
+MODEL_LOADERS["pgvoc"] = _pgvoc_loader
+
+
 def resolve_system(name: str, models_dir: Path = ROOT / "models") -> System:
     """A built-in system, or a model under ``models/<name>/``."""
     if name in SYSTEMS:

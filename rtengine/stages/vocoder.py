@@ -9,6 +9,7 @@ model-free PGHI vocoder is ``pghi``; learned vocoders register themselves with
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -47,6 +48,33 @@ register_vocoder("pghi", _pghi, {
     "use_lambda": ((bool,), "random phase on noise bins"),
     "nnls_iter": ((int,), "iterations of the mel inversion (default 30)"),
 })
+
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+def _pgvoc(name: str):
+    """Factory of a shipped phase-gradient network under ``models/<name>/``."""
+    def make(cfg, options, seed):
+        from ..neural_vocoder import NeuralPGVocoder
+
+        mode = options.get("mode", "heap")
+        if mode not in ("heap", "lambda"):
+            raise UserError(f"{name}: mode must be 'heap' or 'lambda', got {mode!r}")
+        return NeuralPGVocoder(cfg, MODELS_DIR / name, mode=mode,
+                               use_lambda=bool(options.get("use_lambda", False)), seed=seed,
+                               device=str(options.get("device", "cpu")),
+                               threads=options.get("threads"))
+    return make
+
+
+if (MODELS_DIR / "pgvoc-22k" / "weights.pt").exists():
+    register_vocoder("pgvoc-22k", _pgvoc("pgvoc-22k"), {
+        "mode": ((str,), "phase integration: heap (default) or lambda"),
+        "use_lambda": ((bool,), "random phase on noise bins"),
+        "device": ((str,), "cpu, cuda or auto"),
+        "threads": ((int,), "torch threads (1 for live use)"),
+    })
 
 
 @register_stage("vocoder")
