@@ -10,6 +10,8 @@ from . import mel as _mel  # noqa: F401
 from . import vocoder as _vocoder  # noqa: F401
 from . import output as _output  # noqa: F401
 from . import latentft as _latentft  # noqa: F401
+# imported when a patch names it: it needs torch at import time
+STAGE_TYPES.setdefault("iffar", "rtengine.stages.iffar:IFFARStage")
 from .vocoder import VOCODER_MODELS, register_vocoder
 
 __all__ = ["Stage", "Source", "STAGE_TYPES", "SOURCE_TYPES", "register_stage",

@@ -17,6 +17,8 @@ grouped into blocks.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from ..config import AudioConfig
@@ -25,8 +27,25 @@ from ..control.params import Param
 AUDIO = "audio"
 MEL = "mel"
 
-STAGE_TYPES: dict[str, type] = {}
-SOURCE_TYPES: dict[str, type] = {}
+class Registry(dict):
+    """Name → class. An entry may be a ``"module:Class"`` string, imported on
+    first lookup, so a stage that needs torch costs nothing until a patch
+    uses it."""
+
+    def __getitem__(self, key):
+        v = super().__getitem__(key)
+        if isinstance(v, str):
+            module, attr = v.split(":")
+            v = getattr(importlib.import_module(module), attr)
+            super().__setitem__(key, v)
+        return v
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+STAGE_TYPES: Registry = Registry()
+SOURCE_TYPES: Registry = Registry()
 
 
 def register_stage(name: str):

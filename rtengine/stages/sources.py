@@ -302,3 +302,22 @@ class MelStreamSource(Source):
 
     def describe(self):
         return "mel stream" + (" (stdin)" if self.options.get("stdin") else "")
+
+
+@register_source("silence")
+class SilenceSource(Source):
+    """Silence for ``seconds`` (or endless): the input of a generator stage."""
+
+    output_type = AUDIO
+    options_schema = {"seconds": ((int, float), "length in seconds (default: endless)")}
+
+    @property
+    def length_frames(self):
+        s = self.options.get("seconds")
+        return None if s is None else int(round(float(s) * self.cfg.frame_rate))
+
+    def process(self, x, k: int):
+        return np.zeros(k * self.cfg.hop, dtype=np.float32)
+
+    def describe(self):
+        return "silence"

@@ -1,0 +1,104 @@
+"""IFF-AR losses (§3): spectral (log-magnitude error), phase (flow NLL) and
+time domain (multi-resolution STFT loss and SI-SDR on audio rebuilt from the
+teacher-forced predictions), weighted.
+
+The audio of a teacher-forced prediction: frame ``t``'s magnitude is MagHead's
+``M̂_t``; its phase is the true phase of frame ``t−1`` advanced by the flow's IF
+at temperature 0, ``φ̂_t = φ_{t−1} + Δφ̂_t``; the frames go through the torch
+iSTFT in the engine's centre-referenced convention
+(:func:`rtengine.nn.iffar_features.istft`). The reference is the iSTFT of the
+true frames over the same span.
+
+Shapes: ``B`` batch, ``F`` bins, ``T`` frames, ``L`` samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..config import AudioConfig
+from .iffar_features import istft, phase_advance
+
+MR_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
+
+
+@dataclass
+class LossWeights:
+    mag: float = 1.0       # log-magnitude L1 (standardised units)
+    nll: float = 0.5       # flow NLL per dimension (nats)
+    mrstft: float = 0.5    # multi-resolution STFT loss
+    sisdr: float = 0.02    # −SI-SDR (dB)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def log_mag_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error of standardised log-magnitudes ``(N, F)``."""
+    return (pred - target).abs().mean()
+
+
+def si_sdr(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant SDR (dB) per signal, ``(B, L)`` → ``(B,)``:
+    ``a = ⟨est, ref⟩ / ‖ref‖²``, ``10 log10(‖a·ref‖² / ‖est − a·ref‖²)``."""
+    a = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps)
+    proj = a * ref
+    return 10 * torch.log10((proj.pow(2).sum(-1) + eps) / ((est - proj).pow(2).sum(-1) + eps))
+
+
+def mrstft_loss(ref: torch.Tensor, est: torch.Tensor,
+                resolutions=MR_RESOLUTIONS, eps: float = 1e-7) -> torch.Tensor:
+    """Multi-resolution STFT loss ``(B, L)`` × 2 → scalar: per resolution the
+    spectral convergence ``‖|S|−|Ŝ|‖_F / ‖S‖_F`` plus the mean
+    ``|log|S| − log|Ŝ||``, averaged over resolutions."""
+    total = 0.0
+    for n_fft, hop in resolutions:
+        w = torch.hann_window(n_fft, dtype=ref.dtype, device=ref.device)
+        S = torch.stft(ref, n_fft, hop, window=w, return_complex=True).abs()
+        Sh = torch.stft(est, n_fft, hop, window=w, return_complex=True).abs()
+        sc = torch.linalg.norm(S - Sh, dim=(-2, -1)) / (torch.linalg.norm(S, dim=(-2, -1)) + eps)
+        lm = (torch.log(S + eps) - torch.log(Sh + eps)).abs().mean(dim=(-2, -1))
+        total = total + (sc + lm).mean()
+    return total / len(resolutions)
+
+
+def teacher_forced_audio(model, out: dict, X: torch.Tensor, audio: AudioConfig):
+    """Audio of the teacher-forced prediction and its reference.
+
+    X ``(B, F, T)`` true complex STFT of the crop; ``out`` from
+    :meth:`IFFAR.forward` (``N = B·(T−1)`` rows). Returns ``(ref, est)``,
+    each ``(B, L)``, ``L = (T−2)·R``, over frames ``1..T−1``."""
+    b, f, t = X.shape
+    mag = model.denorm_mag(out["mag"]).reshape(b, t - 1, f).transpose(1, 2)
+    d = model.denorm_if(out["if0"]).reshape(b, t - 1, f).transpose(1, 2)
+    phi = torch.angle(X[..., :-1]) + phase_advance(d, audio, model.cfg.if_mode)   # φ_t = φ_{t−1} + Δφ_t
+    Xh = torch.exp(mag) * torch.exp(1j * phi)                                      # X_t = M̂_t e^{iφ_t}
+    return istft(X[..., 1:], audio), istft(Xh, audio)
+
+
+def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
+               audio: AudioConfig, w: LossWeights, skip: int = 0) -> tuple[torch.Tensor, dict]:
+    """The weighted total (§3) and its terms.
+
+    feats ``(B, 2F, T)`` true features; ``skip`` leading target frames of each
+    crop are left out of the frame losses (the encoder has not warmed up)."""
+    f = model.cfg.n_bins
+    b, _, t = feats.shape
+    tgt = feats[..., 1:].transpose(1, 2).reshape(-1, 2 * f)
+    keep = (torch.arange(t - 1, device=feats.device) >= skip).repeat(b)
+    l_mag = log_mag_loss(out["mag"][keep], tgt[keep, :f])
+    l_nll = out["nll"][keep].mean()
+    terms = {"mag": l_mag, "nll": l_nll}
+    total = w.mag * l_mag + w.nll * l_nll
+    if X is not None and "if0" in out and (w.mrstft or w.sisdr):
+        ref, est = teacher_forced_audio(model, out, X, audio)
+        l_mr = mrstft_loss(ref, est)
+        sdr = si_sdr(ref, est).mean()
+        terms |= {"mrstft": l_mr, "sisdr": sdr}
+        total = total + w.mrstft * l_mr - w.sisdr * sdr
+    with torch.no_grad():
+        terms["if_mae"] = (out["if0"][keep] - tgt[keep, f:]).abs().mean() if "if0" in out \
+            else torch.zeros(())
+    return total, {k: v.detach() for k, v in terms.items()}

@@ -1,0 +1,526 @@
+"""IFF-AR as a live stage: a causal frame-level generator, primed from a prompt.
+
+``type: iffar`` in a patch. The stage is a generator: it ignores its audio
+input (put any source before it; ``type: silence`` is registered here for
+that) and emits, one hop per frame,
+
+1. the prompt's frames (an audio file, a generated harmonic tone, or silence;
+   resynthesised from their STFT, so the continuation joins without a seam),
+2. then generated frames: the TCN encoder consumes the previous frame
+   (per-layer caches, O(layers) per frame), MagHead predicts the log-magnitude,
+   the flow samples the IF at the ``temperature``, the phase advances
+   (``φ_t = φ_{t−1} + Δφ_t``, or the engine's heap integrator with
+   ``omega = Δφ`` and PGHI's ``tau``: option ``phase: heap``), and the engine's
+   overlap-add turns ``X = M e^{iφ}`` into audio.
+
+Parameters (OSC ``/rtengine/<stage>/<param>``): ``note`` (MIDI; −1: none, the
+model continues its context), ``family`` (index into
+:data:`rtengine.nn.iffar.FAMILIES`; −1: none), ``temperature``, ``freeze``
+(≥ 0.5: hold the last frame, its phase still advancing: a drone), ``prime``
+(a rising edge through 0.5 restarts from the prompt; with ``prompt: note`` the
+generated prompt is re-made at the current ``note``), ``gain`` (dB).
+
+The generated frames for a seed are those of :meth:`IFFAR.rollout` (tested);
+the random latent of generated frame ``j`` is the ``j``-th draw of a generator
+seeded with the stage's seed, so output does not depend on block sizes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..control.params import Param
+from ..dsp.ola import OverlapAdd
+from ..dsp.stft import stft as np_stft
+from ..errors import UserError
+from .base import AUDIO, Source, Stage, SOURCE_TYPES, register_source, register_stage
+
+PHASE_MODES = ("direct", "heap")
+REPO = Path(__file__).resolve().parent.parent.parent
+DEFAULT_WEIGHTS = "models/iffar-22k"
+LN10_20 = np.log(10.0) / 20.0
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return REPO / p
+
+
+def harmonic_tone(note: float, seconds: float, sr: int, harmonics: int = 12,
+                  seed: int = 0) -> np.ndarray:
+    """A generated prompt: harmonics ``1/h`` of MIDI ``note`` with a 10 ms
+    attack and an exponential decay, random start phases, peak −6 dBFS."""
+    f0 = 440.0 * 2 ** ((note - 69) / 12)
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    x = np.zeros_like(t)
+    for h in range(1, harmonics + 1):
+        if h * f0 < sr / 2 - 200:
+            x += np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi)) / h
+    x *= np.minimum(1.0, t / 0.01) * np.exp(-t / 2.0)
+    return (0.5 * x / max(np.abs(x).max(), 1e-9)).astype(np.float32)
+
+
+class FastEncoderStep:
+    """The TCN encoder, one frame at a time, as plain matrix products.
+
+    Same arithmetic as :class:`~rtengine.nn.iffar.TCNContextEncoder` with its
+    per-layer caches (tested against the offline roll-out), with fewer
+    operations per frame: each block keeps a ring of its last ``d`` inputs
+    (``d`` its dilation), the two kernel taps are one product, and the residual
+    and skip projections are one product. Kernel 2 only."""
+
+    def __init__(self, encoder):
+        blocks = list(encoder.blocks)
+        if any(b.conv.kernel_size[0] != 2 for b in blocks):
+            raise ValueError("FastEncoderStep needs kernel 2")
+        self.c = encoder.inp.out_channels
+        w = lambda conv: conv.weight.detach()[..., 0]          # noqa: E731
+        self.w_in, self.b_in = w(encoder.inp).T.contiguous(), encoder.inp.bias.detach()[None]
+        self.w_out, self.b_out = w(encoder.out).T.contiguous(), encoder.out.bias.detach()[None]
+        self.blocks = []
+        for b in blocks:
+            wt = b.conv.weight.detach()                          # (2C, C, 2)
+            w_taps = torch.cat([wt[..., 0], wt[..., 1]], dim=1).T.contiguous()   # (2C_in, 2C)
+            w_rs = torch.cat([w(b.res), w(b.skip)], dim=0).T.contiguous()          # (C, 2C)
+            b_rs = torch.cat([b.res.bias.detach(), b.skip.bias.detach()])[None]
+            self.blocks.append((b.conv.dilation[0], w_taps, b.conv.bias.detach()[None], w_rs, b_rs))
+        self.encoder = encoder
+
+    def start(self, feats: torch.Tensor) -> torch.Tensor:
+        """Run the prompt ``(1, 2F, P)`` offline; fill the rings; return the
+        last frame's embedding ``(1, C)``."""
+        enc = self.encoder
+        enc.set_streaming(False)
+        h = enc.inp(feats)
+        skip = 0.0
+        self.rings, self.pos = [], []
+        for blk, (d, *_ ) in zip(enc.blocks, self.blocks):
+            hist = torch.nn.functional.pad(h, (max(0, d - h.shape[-1]), 0))[0, :, -d:].T   # (d, C)
+            self.rings.append(hist.contiguous())
+            self.pos.append(0)
+            h, s_ = blk(h)
+            skip = skip + s_
+        return enc.out(torch.nn.functional.gelu(skip))[..., -1]
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One new frame ``(1, 2F)`` → its embedding ``(1, C)``."""
+        c = self.c
+        h = torch.addmm(self.b_in, x, self.w_in)
+        skip = None
+        for i, (d, w_taps, b_taps, w_rs, b_rs) in enumerate(self.blocks):
+            ring, p = self.rings[i], self.pos[i]
+            old = ring[p:p + 1].clone()
+            ring[p] = h[0]
+            self.pos[i] = (p + 1) % d
+            z = torch.addmm(b_taps, torch.cat([old, h], dim=1), w_taps)
+            g = torch.tanh(z[:, :c]) * torch.sigmoid(z[:, c:])
+            rs = torch.addmm(b_rs, g, w_rs)
+            h = (h + rs[:, :c]) * math.sqrt(0.5)
+            skip = rs[:, c:] if skip is None else skip + rs[:, c:]
+        return torch.addmm(self.b_out, torch.nn.functional.gelu(skip), self.w_out)
+
+
+class FastFlowInverse:
+    """:meth:`IFConditionalFlow.inverse` for one frame with fewer operations:
+    the condition projections of all coupling layers are one product, and the
+    constant mask channel's contribution is computed once. Same arithmetic."""
+
+    def __init__(self, flow):
+        Fn = torch.nn.functional
+        self.flow = flow
+        layers = list(flow.layers)
+        self.h = layers[0].inp.out_channels
+        self.w_cond = torch.cat([la.cond.weight.detach() for la in layers], dim=0)
+        const = []
+        for la in layers:
+            m = la.mask[None, None].to(la.inp.weight.dtype)
+            const.append(Fn.conv1d(m, la.inp.weight.detach()[:, 1:2], padding=2)[0]
+                         + la.inp.bias.detach()[:, None] + la.cond.bias.detach()[:, None])
+        self.const = torch.cat(const, dim=0)[None]
+        self.w_x = [la.inp.weight.detach()[:, :1].contiguous() for la in layers]
+
+    def inverse(self, z: torch.Tensor, cond) -> torch.Tensor:
+        Fn = torch.nn.functional
+        h, prev_if = cond
+        pre = Fn.conv1d(h, self.w_cond) + self.const
+        hs = self.h
+        for i in reversed(range(len(self.flow.layers))):
+            la = self.flow.layers[i]
+            a = Fn.conv1d((z * la.mask).unsqueeze(1), self.w_x[i], padding=2) + pre[:, i * hs:(i + 1) * hs]
+            st = la.out(Fn.gelu(la.hid(Fn.gelu(a))))
+            b = 1.0 - la.mask
+            s_ = la.s_max * torch.tanh(st[:, 0] / la.s_max) * b
+            z = (z - st[:, 1] * b) * torch.exp(-s_)
+        if self.flow.base is not None:
+            z = self.flow.base.inverse(z, h, prev_if)
+        return z
+
+
+class IFFARStream:
+    """The streaming generator behind the stage: prompt → spectral frames.
+
+    ``prime(audio)`` analyses a prompt; ``next_frame(...)`` returns one frame's
+    ``(magnitude (F,), phase (F,))`` float64: the prompt's own frames first
+    (when ``play_prompt``), then generated ones."""
+
+    def __init__(self, model, seed: int = 0, phase: str = "direct", play_prompt: bool = True,
+                 guard: bool = False):
+        from ..nn.iffar_features import phase_advance
+
+        if phase not in PHASE_MODES:
+            raise UserError(f"iffar: phase must be one of {', '.join(PHASE_MODES)}, got {phase!r}")
+        self.model = model.eval()
+        self.audio = model.audio
+        self.seed = int(seed)
+        self.phase_mode = phase
+        self.play_prompt = play_prompt
+        self.guard = guard
+        self._advance = phase_advance
+        self.dtype = next(model.parameters()).dtype
+        f = self.audio.n_bins
+        self.phase = np.zeros(f)
+        self.integrator = None
+        if phase == "heap":
+            from ..dsp.integrator import PhaseIntegrator
+            self.integrator = PhaseIntegrator(self.audio.n_fft, self.audio.hop, mode="heap",
+                                              lookahead=False, use_lambda=False, seed=self.seed)
+        self.prompt_feats = None
+        self.fast = FastEncoderStep(self.model.encoder)
+        self.fast_flow = FastFlowInverse(self.model.flow)
+        self._labels: dict = {}
+        m = self.model
+        with torch.no_grad():
+            self._lo = ((math.log(1e-5) - m.mag_mean) / m.mag_std)[None]
+            self._hi = ((m.mag_max + 0.7 - m.mag_mean) / m.mag_std)[None]
+        self.timing = None          # dict of per-part seconds when set to {} by the caller
+
+    # -- prompt ------------------------------------------------------------------
+    def prime(self, audio: np.ndarray | None) -> None:
+        """Restart from a prompt (``(L,)`` audio; ``None`` or empty: silence)."""
+        from ..nn.iffar_features import if_from_phase, log_magnitude
+
+        cfg = self.audio
+        if audio is None or len(audio) < cfg.hop:
+            audio = np.zeros(cfg.hop, dtype=np.float32)
+        X = np_stft(np.asarray(audio, dtype=np.float64), cfg)     # (F, P)
+        X = X[:, :max(1, X.shape[1] - (cfg.n_fft // 2) // cfg.hop)]   # drop frames past the end
+        # a tiny dither, as in training: digital silence has no defined phase
+        rng = np.random.default_rng(self.seed)
+        X = X + 1e-6 * np.sqrt(cfg.n_fft * 0.375) * (rng.standard_normal(X.shape)
+                                                    + 1j * rng.standard_normal(X.shape))
+        Xt = torch.as_tensor(X)[None]
+        with torch.no_grad():
+            feats = self.model.normalise(log_magnitude(Xt).to(self.dtype),
+                                         if_from_phase(torch.angle(Xt), cfg,
+                                                       self.model.cfg.if_mode).to(self.dtype))
+        self.prompt_X = X
+        self.prompt_feats = feats
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the start of the prompt (same seed, same output)."""
+        if self.prompt_feats is None:
+            self.prime(None)
+            return
+        self.gen = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():
+            self.e = self.fast.start(self.prompt_feats)
+        self.prev = self.prompt_feats[..., -1]
+        self.level_ref = self.prev[:, :self.model.cfg.n_bins].mean(-1, keepdim=True)
+        self.pos = 0
+        self.phase = np.angle(self.prompt_X[:, -1]).copy()
+        self.mag = np.abs(self.prompt_X[:, -1]).copy()
+        self.omega = np.zeros_like(self.mag)
+        if self.integrator is not None:
+            self.integrator.reset()
+            _seed_integrator(self.integrator, self.mag, self.phase, self.omega)
+
+    @property
+    def prompt_frames(self) -> int:
+        return self.prompt_X.shape[1]
+
+    # -- one frame ---------------------------------------------------------------
+    def next_frame(self, note=None, family=None, temperature: float = 1.0, freeze: bool = False):
+        """→ ``(mag (F,), phase (F,))`` of the next output frame."""
+        if self.play_prompt and self.pos < self.prompt_frames:
+            X = self.prompt_X[:, self.pos]
+            self.pos += 1
+            return np.abs(X), np.angle(X)
+        self.pos += 1
+        if not freeze:
+            self._generate(note, family, temperature)
+        return self.mag, self._integrate()
+
+    def _label_embedding(self, note, family) -> torch.Tensor:
+        key = (note, family)
+        v = self._labels.get(key)
+        if v is None:
+            m = self.model
+            n_idx, f_idx = m.labels(note, family, 1, self.e.device)
+            v = self._labels[key] = m.note_emb(n_idx) + m.family_emb(f_idx)
+        return v
+
+    def _generate(self, note, family, temperature) -> None:
+        t = self.timing
+        m = self.model
+        f = m.cfg.n_bins
+        clock = time.perf_counter
+        with torch.no_grad():
+            t0 = clock() if t is not None else 0
+            c = self.e + self._label_embedding(note, family)
+            pm, pi = self.prev[:, :f], self.prev[:, f:]
+            mag = torch.minimum(torch.maximum(m.mag_head(c, pm) - m.mag_bias, self._lo), self._hi)
+            if self.guard:
+                mag = m.level_guard(mag, self.level_ref)
+            t1 = clock() if t is not None else 0
+            cond = m.flow.condition(c, mag, pm, pi)
+            z = torch.randn((1, f), generator=self.gen, dtype=mag.dtype) * temperature
+            d = self.fast_flow.inverse(z, cond)
+            t2 = clock() if t is not None else 0
+            self.prev = m.feedback(torch.cat([mag, d], dim=1))
+            self.e = self.fast.step(self.prev)
+            t3 = clock() if t is not None else 0
+            self.mag = torch.exp(m.denorm_mag(mag[0])).double().numpy()
+            self.omega = self._advance(m.denorm_if(d[0])[:, None], self.audio,
+                                       m.cfg.if_mode)[:, 0].double().numpy()
+        if t is not None:
+            t["maghead"] = t.get("maghead", 0.0) + t1 - t0
+            t["flow"] = t.get("flow", 0.0) + t2 - t1
+            t["encoder"] = t.get("encoder", 0.0) + t3 - t2
+            t["phase"] = t.get("phase", 0.0) + clock() - t3
+
+    def _integrate(self) -> np.ndarray:
+        t0 = time.perf_counter()
+        if self.integrator is None:
+            self.phase = self.phase + self.omega                 # φ_t = φ_{t−1} + Δφ_t
+            self.phase -= 2 * np.pi * np.floor((self.phase + np.pi) / (2 * np.pi))
+        else:
+            from ..dsp.pghi import log_magnitude, tau_from_time_derivative
+
+            s = log_magnitude(self.mag)
+            tau = tau_from_time_derivative(s - self._prev_s, self.audio) \
+                if hasattr(self, "_prev_s") else np.zeros_like(s)
+            self._prev_s = s
+            _, ph = self.integrator.process(self.mag[:, None], self.omega[:, None], tau[:, None])
+            self.phase = ph[:, 0]
+        if self.timing is not None:
+            self.timing["phase"] = self.timing.get("phase", 0.0) + time.perf_counter() - t0
+        return self.phase
+
+
+def _seed_integrator(integ, mag, phase, omega) -> None:
+    """Start a :class:`~rtengine.dsp.integrator.PhaseIntegrator` as if it had
+    just produced ``phase`` for ``mag`` (the prompt's last frame), so the
+    generated continuation joins the prompt's true phases."""
+    integ._prev[0] = mag
+    integ._prev[1] = phase
+    integ._prev[2] = omega
+    integ._seen[0] = 1
+
+
+_MODEL_CACHE: dict = {}
+
+
+def load_model(path: str = DEFAULT_WEIGHTS):
+    from ..nn.iffar import load_iffar
+
+    p = _resolve(path)
+    if not (p / "weights.pt").exists() and not p.is_file():
+        raise UserError(f"iffar: no model at {p} (expected weights.pt; train with "
+                        f"tools/train_iffar.py)")
+    key = str(p.resolve())
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_iffar(p)
+    # a private copy: the encoder's streaming caches live in the modules
+    return copy.deepcopy(_MODEL_CACHE[key])
+
+
+@register_stage("iffar")
+class IFFARStage(Stage):
+    """In: audio (ignored); out: audio ``(k*R,)`` generated by IFF-AR."""
+
+    input_type = AUDIO
+    output_type = AUDIO
+    options_schema = {
+        "weights": ((str,), f"model folder (default {DEFAULT_WEIGHTS})"),
+        "prompt": ((str,), "audio file, 'note' (a generated tone at prompt_note) or 'silence'"),
+        "prompt_note": ((int, float), "MIDI note of the generated prompt (default 60)"),
+        "prompt_seconds": ((int, float), "length of the prompt (default 0.5 s)"),
+        "prompt_offset": ((int, float), "start of the prompt in the file (default 0 s)"),
+        "play_prompt": ((bool,), "play the prompt before the continuation (default true)"),
+        "phase": ((str,), "direct (φ_t = φ_{t−1} + Δφ_t, default) or heap (the engine's integrator)"),
+        "level_guard": ((bool,), "cap the generated mean level at the prompt's (default false)"),
+        "threads": ((int,), "torch CPU threads while generating (default 1: one frame is "
+                            "too small to share, and extra threads only contend)"),
+    }
+
+    def __init__(self, name, cfg, options=None, seed=0):
+        super().__init__(name, cfg, options, seed)
+        o = self.options
+        self.phase_mode = o.get("phase", "direct")
+        if self.phase_mode not in PHASE_MODES:
+            raise UserError(f"phase must be one of {', '.join(PHASE_MODES)}, got {self.phase_mode!r}")
+        self.prompt = o.get("prompt", "note")
+        if self.prompt not in ("note", "silence") and not _resolve(self.prompt).exists():
+            raise UserError(f"prompt: no such audio file {self.prompt!r} "
+                            f"(or use 'note' or 'silence')")
+        self.add_param(Param("note", -1, 127, -1, "MIDI", smoothing=0.0,
+                             description="pitch to play (-1: continue the prompt)"))
+        self.add_param(Param("family", -1, 12, -1, "", smoothing=0.0,
+                             description="instrument family index (-1: none)"))
+        self.add_param(Param("temperature", 0.0, 2.0, 0.7, "", smoothing=0.05,
+                             description="flow sampling temperature"))
+        self.add_param(Param("freeze", 0.0, 1.0, 0.0, "", smoothing=0.0,
+                             description="hold the current frame (>= 0.5)"))
+        self.add_param(Param("prime", 0.0, 1.0, 0.0, "", smoothing=0.0,
+                             description="restart from the prompt (rising edge through 0.5)"))
+        self.add_param(Param("gain", -48.0, 12.0, 0.0, "dB", smoothing=0.05,
+                             description="output level"))
+        self.latency_samples = cfg.n_fft // 2
+        self.stream = None
+
+    def _prompt_audio(self) -> np.ndarray | None:
+        o, sr = self.options, self.cfg.sample_rate
+        secs = float(o.get("prompt_seconds", 0.5))
+        if self.prompt == "silence":
+            return None
+        if self.prompt == "note":
+            return harmonic_tone(float(o.get("prompt_note", 60)), secs, sr, seed=self.seed)
+        from ..io import read_audio
+        x = read_audio(_resolve(self.prompt), sr)
+        a = int(float(o.get("prompt_offset", 0.0)) * sr)
+        return x[a:a + int(secs * sr)]
+
+    def prepare(self, max_frames: int) -> None:
+        super().prepare(max_frames)
+        model = load_model(self.options.get("weights", DEFAULT_WEIGHTS))
+        if model.audio != self.cfg:
+            model.audio.check_same(self.cfg, "the iffar model", "the patch")
+        self.stream = IFFARStream(model, self.seed, self.phase_mode,
+                                  bool(self.options.get("play_prompt", True)),
+                                  bool(self.options.get("level_guard", False)))
+        self.stream.prime(self._prompt_audio())
+        self._prompt_pitch = float(self.options.get("prompt_note", 60))
+        self.ola = OverlapAdd(self.cfg)
+        self._spec = np.zeros((self.cfg.n_bins, max(1, max_frames)), dtype=np.complex128)
+        self._prime_high = False
+        # warm up (numba JIT of the OLA, first inference), then start clean
+        self.process(None, 2)
+        self.reset()
+
+    def reset(self) -> None:
+        if self.stream is not None:
+            if self._prompt_pitch != float(self.options.get("prompt_note", 60)) \
+                    and self.prompt == "note":
+                self._prompt_pitch = float(self.options.get("prompt_note", 60))
+                self.stream.prime(self._prompt_audio())
+            self.stream.reset()
+            self.ola.reset()
+        self._prime_high = False
+
+    def process(self, x, k: int):
+        n_threads = torch.get_num_threads()
+        want = int(self.options.get("threads", 1))
+        if want > 0 and want != n_threads:
+            torch.set_num_threads(want)
+        try:
+            return self._process(k)
+        finally:
+            if want > 0 and want != n_threads:
+                torch.set_num_threads(n_threads)
+
+    def _process(self, k: int):
+        if self._spec.shape[1] < k:
+            self._spec = np.zeros((self.cfg.n_bins, k), dtype=np.complex128)
+        note = self.params["note"].frames(k)[:, 0]
+        fam = self.params["family"].frames(k)[:, 0]
+        temp = self.params["temperature"].frames(k)[:, 0]
+        freeze = self.params["freeze"].frames(k)[:, 0]
+        prime = self.params["prime"].frames(k)[:, 0]
+        gain = self.params["gain"].frames(k)[:, 0].copy()
+        for j in range(k):
+            high = prime[j] >= 0.5
+            n = int(round(note[j]))
+            if high and not self._prime_high:
+                if self.prompt == "note" and n >= 0 and n != self._prompt_pitch:
+                    # a generated prompt follows the note: the model keeps its
+                    # prompt's pitch far better than it follows the label
+                    self._prompt_pitch = n
+                    self.stream.prime(harmonic_tone(n, float(self.options.get("prompt_seconds", 0.5)),
+                                                    self.cfg.sample_rate, seed=self.seed))
+                else:
+                    self.stream.reset()
+            self._prime_high = high
+            mag, ph = self.stream.next_frame(n if n >= 0 else None,
+                                             int(round(fam[j])) if fam[j] >= 0 else None,
+                                             float(temp[j]), freeze[j] >= 0.5)
+            self._spec[:, j] = mag * np.exp(1j * ph)
+        y = self.ola.process(self._spec[:, :k])
+        g = np.repeat(np.exp(gain * LN10_20), self.cfg.hop)
+        return (y * g).astype(np.float32)
+
+    def describe(self):
+        return f"iffar ({self.prompt} prompt, {self.phase_mode} phase)"
+
+
+# ------------------------------------------------------------------ benchmark
+def bench_iffar(weights: str = DEFAULT_WEIGHTS, frames: int = 400, threads: int | None = 1,
+                phase: str = "direct") -> dict:
+    """Time one generated frame, per part: MagHead (with the label embedding
+    and the magnitude safeguard), flow (condition + sampling), encoder (one
+    cached step on the new frame), phase (de-normalising, Δφ and the phase
+    update), OLA. Returns wall-clock milliseconds per frame per part, the
+    thread's CPU time per frame, the real-time factor (frame period / wall
+    total) and the 1-minute load average (on a shared machine the wall time
+    includes waiting for a core)."""
+    from ..config import get_config
+    from ..nn.iffar import IFFAR, IFFARConfig
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        try:
+            model = load_model(weights)
+        except UserError:
+            model = IFFAR(IFFARConfig(), get_config("22k")).eval()   # untrained, same cost
+        cfg = model.audio
+        st = IFFARStream(model, 0, phase, play_prompt=False)
+        st.prime(harmonic_tone(60, 0.5, cfg.sample_rate))
+        ola = OverlapAdd(cfg)
+        for _ in range(20):                       # warm-up
+            m, p = st.next_frame(None, None, 0.7)
+            ola.process((m * np.exp(1j * p))[:, None])
+        st.timing = {}
+        t_ola = 0.0
+        t0 = time.perf_counter()
+        c0 = time.thread_time()
+        for _ in range(frames):
+            m, p = st.next_frame(None, None, 0.7)
+            t1 = time.perf_counter()
+            ola.process((m * np.exp(1j * p))[:, None])
+            t_ola += time.perf_counter() - t1
+        total = time.perf_counter() - t0
+        cpu = time.thread_time() - c0
+        ms = {k: 1000 * v / frames for k, v in st.timing.items()}
+        ms["ola"] = 1000 * t_ola / frames
+        ms["total"] = 1000 * total / frames
+        period = 1000 * cfg.hop / cfg.sample_rate
+        return {"model": "iffar", "phase": phase, "threads": torch.get_num_threads(),
+                "ms_per_frame": {k: round(v, 4) for k, v in ms.items()},
+                "cpu_ms_per_frame": round(1000 * cpu / frames, 4),
+                "frame_period_ms": round(period, 3),
+                "realtime_factor": round(period / ms["total"], 2),
+                "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
+    finally:
+        torch.set_num_threads(old)

@@ -1,0 +1,302 @@
+#!/usr/bin/env python
+"""Evaluate IFF-AR on the test split: one-step teacher-forced predictions and
+K-step teacher-free roll-outs, beside a "repeat the last frame" baseline.
+
+    python tools/eval_iffar.py --weights models/iffar-22k --data data/notes \\
+        --clips 40 --context 32 --k 32 --json reports/iffar_eval.json --card models/iffar-22k/card.yaml
+
+For each test clip, frames ``[s, s+L)`` are the context and ``[s+L, s+L+K)``
+the targets. Metrics on the target frames (rtengine.metrics where it has them):
+
+* LSD (dB), spectral convergence (linear ratio), complex MSE (mean |X − X̂|²);
+* log-magnitude MAE/RMSE (dB);
+* IF MAE/RMSE on the normalised scale (circular error / MAD, all bins, as the
+  paper) and IF MAE in rad on the loud bins (within 40 dB of the frame's peak);
+* SI-SDR of the target span's audio, with the predicted magnitude and phase,
+  with the ground-truth phase (``phase GT``) and with the ground-truth
+  magnitude (``mag GT``);
+* roll-outs at each ``--temperatures`` value, and at the last one with the
+  stage's level guard (:meth:`IFFAR.level_guard`);
+* spectral consistency of the generated phase: SC between ``M̂`` and the
+  magnitude of the re-analysed iSTFT of ``M̂ e^{iφ̂}`` (dB), for the direct phase
+  ``φ_t = φ_{t−1} + Δφ_t`` and for the engine's heap integrator.
+
+Phases: one-step frames advance the *true* previous phase by the predicted
+Δφ; roll-outs advance the last context frame's true phase cumulatively.
+With ``--pitch`` the model is also asked for the clip's own note and a note
+``+5`` semitones away (roll-outs at T = 0.7 with the level guard, as the
+stage plays); the generated note's f0 (harmonic sum over the
+generated magnitudes) is compared with the requested one, in cents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rtengine import metrics  # noqa: E402
+from rtengine.nn.iffar import load_iffar  # noqa: E402
+from rtengine.nn.iffar_features import (if_from_phase, istft, log_magnitude, phase_advance,  # noqa: E402
+                                        stft, wrap)
+
+PAPER = {"lsd_db": 3.36, "spec_conv": 6.28, "complex_mse": 180.37, "logmag_mae": 44.77,
+         "logmag_rmse": 49.33, "if_mae": 1.39, "if_rmse": 1.73, "si_sdr": -15.21,
+         "si_sdr_phase_gt": -9.67, "si_sdr_mag_gt": -4.81}
+COLUMNS = [("lsd_db", "LSD dB"), ("spec_conv", "SpecConv"), ("complex_mse", "Complex MSE"),
+           ("logmag_mae", "LogMag MAE dB"), ("logmag_rmse", "LogMag RMSE dB"),
+           ("if_mae", "IF MAE"), ("if_rmse", "IF RMSE"), ("if_mae_rad_loud", "IF MAE rad (loud)"),
+           ("si_sdr", "SI-SDR"), ("si_sdr_phase_gt", "SI-SDR phase GT"),
+           ("si_sdr_mag_gt", "SI-SDR mag GT"), ("consistency_db", "consistency dB"),
+           ("consistency_heap_db", "consistency heap dB"), ("si_sdr_mag_gt_heap", "SI-SDR mag GT heap")]
+
+
+def heap_phases(mag: np.ndarray, omega: np.ndarray, phi0: np.ndarray, mag0: np.ndarray, cfg,
+                seed: int = 0) -> np.ndarray:
+    """Phases of frames ``(F, K)`` from the engine's heap integrator driven by
+    ``omega`` (the generated Δφ, rad per hop) and PGHI's ``tau`` (backward
+    time difference of the log-magnitude), started from the context's last
+    frame (``phi0``, ``mag0``)."""
+    from rtengine.dsp.integrator import PhaseIntegrator
+    from rtengine.dsp.pghi import log_magnitude as lm, tau_from_time_derivative
+    from rtengine.stages.iffar import _seed_integrator
+
+    integ = PhaseIntegrator(cfg.n_fft, cfg.hop, mode="heap", use_lambda=False, seed=seed)
+    _seed_integrator(integ, mag0, phi0, omega[:, 0])
+    s = lm(np.concatenate([mag0[:, None], mag], axis=1))
+    tau = tau_from_time_derivative(np.diff(s, axis=1), cfg)
+    return integ.process(mag, omega, tau)[1]
+
+
+def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndarray,
+                  d_est: np.ndarray, mad: float, cfg, phi_heap: np.ndarray | None = None) -> dict:
+    """Metrics of a prediction over target frames. X ``(F, K)`` true STFT;
+    M, phi ``(F, K)`` predicted magnitude and phase; d_true, d_est ``(F, K)``
+    true and predicted Δφ (rad)."""
+    Mt = np.abs(X)
+    Xh = M * np.exp(1j * phi)
+    ldb = 20 * np.log10(np.maximum(Mt, 1e-5))
+    ldb_h = 20 * np.log10(np.maximum(M, 1e-5))
+    err = np.abs(wrap(torch.as_tensor(d_est - d_true)).numpy())
+    loud = ldb > ldb.max(axis=0, keepdims=True) - 40
+    k = X.shape[1]
+    L = (k - 1) * cfg.hop
+
+    def audio(S):
+        return istft(torch.as_tensor(S)[None], cfg, L)[0].numpy()
+
+    ref = audio(X)
+    out = {
+        "lsd_db": metrics.log_spectral_distance_mag(Mt, M),
+        "spec_conv": metrics.spectral_convergence_mag(Mt, M, db=False),
+        "complex_mse": float(np.mean(np.abs(X - Xh) ** 2)),
+        "logmag_mae": float(np.mean(np.abs(ldb - ldb_h))),
+        "logmag_rmse": float(np.sqrt(np.mean((ldb - ldb_h) ** 2))),
+        "if_mae": float(np.mean(err[1:-1]) / mad),
+        "if_rmse": float(np.sqrt(np.mean(err[1:-1] ** 2)) / mad),
+        "if_mae_rad_loud": float(np.mean(err[loud])),
+        "si_sdr": metrics.si_sdr(ref, audio(Xh)),
+        "si_sdr_phase_gt": metrics.si_sdr(ref, audio(M * np.exp(1j * np.angle(X)))),
+        "si_sdr_mag_gt": metrics.si_sdr(ref, audio(Mt * np.exp(1j * phi))),
+        "consistency_db": consistency(M, phi, cfg),
+    }
+    if phi_heap is not None:
+        out["consistency_heap_db"] = consistency(M, phi_heap, cfg)
+        out["si_sdr_mag_gt_heap"] = metrics.si_sdr(ref, audio(Mt * np.exp(1j * phi_heap)))
+    return out
+
+
+def consistency(M: np.ndarray, phi: np.ndarray, cfg) -> float:
+    """Spectral convergence (dB) between ``M`` and the magnitude of the STFT of
+    the iSTFT of ``M e^{iφ}``: how well the phases fit the magnitudes."""
+    Xh = torch.as_tensor(M * np.exp(1j * phi))[None]
+    y = istft(Xh, cfg)
+    R = stft(y, cfg)[0].numpy()[:, :M.shape[1]]
+    a, b = M[:, 2:-2], np.abs(R)[:, 2:-2]         # the edges lack overlapping frames
+    return metrics.spectral_convergence_mag(a, b)
+
+
+def f0_harmonic_sum(M: np.ndarray, cfg, fmin=30.0, fmax=2000.0, harmonics=5) -> float:
+    """f0 (Hz) maximising the summed log-magnitude of the first harmonics
+    (1/h weighted) of the frame-averaged spectrum ``M (F, K)``."""
+    spec = np.log(np.maximum(M.mean(axis=1), 1e-6))
+    spec = spec - spec.min()
+    freqs = np.arange(len(spec)) * cfg.sample_rate / cfg.n_fft
+    cands = fmin * 2 ** (np.arange(0, 1200 * math.log2(fmax / fmin), 10) / 1200)
+    score = np.zeros_like(cands)
+    for h in range(1, harmonics + 1):
+        f = cands * h
+        ok = f < freqs[-1]
+        score[ok] += np.interp(f[ok], freqs, spec) / h
+    return float(cands[np.argmax(score)])
+
+
+def cents(f: float, ref: float) -> float:
+    return 1200 * math.log2(f / ref)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="models/iffar-22k")
+    p.add_argument("--data", default="data/notes")
+    p.add_argument("--split", default="test")
+    p.add_argument("--clips", type=int, default=40)
+    p.add_argument("--start", type=int, default=8, help="first context frame")
+    p.add_argument("--context", type=int, default=32, help="context frames L")
+    p.add_argument("--k", type=int, default=32, help="roll-out frames K")
+    p.add_argument("--temperatures", default="0,0.7")
+    p.add_argument("--labels", choices=("true", "none"), default="true")
+    p.add_argument("--pitch", type=int, default=20, help="clips for the pitch test (0: none)")
+    p.add_argument("--pitch-frames", type=int, default=86)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    p.add_argument("--card", default=None, help="write the metrics into this card.yaml")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    from train_iffar import DITHER, clip_labels, load_clip, read_manifest
+
+    model = load_iffar(args.weights).double()
+    cfg = model.audio
+    f = cfg.n_bins
+    mad = float(model.if_mad[1])
+    mode = model.cfg.if_mode
+    data = Path(args.data)
+    rows = read_manifest(data, args.split, args.clips)
+    temps = [float(t) for t in args.temperatures.split(",")]
+    results: dict[str, list[dict]] = {}
+    t0 = time.time()
+    g = torch.Generator().manual_seed(args.seed)
+    s, L, K = args.start, args.context, args.k
+    for ci, row in enumerate(rows):
+        x = torch.as_tensor(load_clip(data, row, cfg.sample_rate), dtype=torch.float64)[None]
+        x = x + DITHER * torch.randn(x.shape, generator=g, dtype=torch.float64)
+        X = stft(x, cfg)[0]                                   # (F, T)
+        lm = log_magnitude(X)
+        phi = torch.angle(X)
+        d = if_from_phase(phi, cfg, mode)                      # (F, T)
+        feats = model.normalise(lm[None], d[None])             # (1, 2F, T)
+        note, fam = clip_labels(row)
+        if args.labels == "none":
+            note, fam = -1, -1
+        n_idx, f_idx = model.labels(note, fam, 1, "cpu")
+        a, b = s + L, s + L + K
+        Xt = X[:, a:b].numpy()
+        d_true = phase_advance(d[:, a:b], cfg, mode).numpy()
+        prev_phi = phi[:, a - 1:b - 1].numpy()
+        with torch.no_grad():
+            # one step, teacher forced (z = 0: the flow's most likely region)
+            out = model(feats[..., :b], n_idx, f_idx)
+            mag1 = torch.exp(model.denorm_mag(out["mag"][a - 1:b - 1])).T.numpy()
+            d1 = phase_advance(model.denorm_if(out["if0"][a - 1:b - 1]).T, cfg, mode).numpy()
+        rec = results.setdefault("one-step", [])
+        rec.append(frame_metrics(Xt, mag1, prev_phi + d1, d_true, d1, mad, cfg))
+        # baseline, one step: repeat the previous true frame
+        M_prev = np.abs(X[:, a - 1:b - 1].numpy())
+        d_prev = phase_advance(d[:, a - 1:b - 1], cfg, mode).numpy()
+        results.setdefault("one-step repeat-last", []).append(
+            frame_metrics(Xt, M_prev, prev_phi + d_prev, d_true, d_prev, mad, cfg))
+        # K-step roll-outs
+        phi0 = phi[:, a - 1].numpy()
+        mag0 = np.abs(X[:, a - 1].numpy())
+        runs = [(T, False) for T in temps] + [(temps[-1], True)]
+        for T, guard in runs:
+            gen = model.rollout(feats[..., :a], K, temperature=T, seed=args.seed + ci,
+                                note=note, family=fam, guard=guard)[0]
+            Mk = torch.exp(model.denorm_mag(gen[:f].T)).T.numpy()
+            dk = phase_advance(model.denorm_if(gen[f:].T).T, cfg, mode).numpy()
+            phk = phi0[:, None] + np.cumsum(dk, axis=1)
+            ph_heap = heap_phases(Mk, dk, phi0, mag0, cfg, seed=ci)
+            results.setdefault(f"{K}-step T={T:g}" + (" level guard" if guard else ""), []).append(
+                frame_metrics(Xt, Mk, phk, d_true, dk, mad, cfg, ph_heap))
+        d_last = phase_advance(d[:, a - 1:a], cfg, mode).numpy()
+        Mr = np.repeat(mag0[:, None], K, axis=1)
+        dr = np.repeat(d_last, K, axis=1)
+        results.setdefault(f"{K}-step repeat-last", []).append(
+            frame_metrics(Xt, Mr, phi0[:, None] + np.cumsum(dr, axis=1), d_true, dr, mad, cfg,
+                          heap_phases(Mr, dr, phi0, mag0, cfg, seed=ci)))
+        print(f"\r{ci + 1}/{len(rows)} clips ({time.time() - t0:.0f} s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    table = {k: {m: float(np.mean([r[m] for r in v if m in r])) for m in v[0]} for k, v in results.items()}
+
+    pitch = None
+    if args.pitch:
+        pitch = pitch_test(model, data, rows[:args.pitch], args, cfg)
+
+    lines = ["| | " + " | ".join(c[1] for c in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]
+    for name, row in list(table.items()) + [("paper (NSynth valid.)", PAPER)]:
+        lines.append(f"| {name} | " + " | ".join(
+            (f"{row[c]:.2f}" if c in row else "–") for c, _ in COLUMNS) + " |")
+    print("\n".join(lines))
+    if pitch:
+        print(json.dumps(pitch, indent=1))
+    summary = {"weights": args.weights, "split": args.split, "clips": len(rows),
+               "context_frames": L, "rollout_frames": K, "start_frame": s, "labels": args.labels,
+               "table": table, "paper": PAPER, "pitch": pitch, "wall_s": time.time() - t0,
+               "markdown": "\n".join(lines)}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    if args.card:
+        import yaml
+
+        cp = Path(args.card)
+        card = yaml.safe_load(cp.read_text()) if cp.exists() else {}
+        card["metrics"] = {"eval_command": "python tools/eval_iffar.py " + " ".join(argv or sys.argv[1:]),
+                           "split": args.split, "clips": len(rows), "context_frames": L,
+                           "rollout_frames": K,
+                           "table": {k: {m: round(v, 3) for m, v in r.items()} for k, r in table.items()},
+                           "pitch": pitch}
+        cp.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
+    return summary
+
+
+def pitch_test(model, data, rows, args, cfg) -> dict:
+    """Generate ``--pitch-frames`` frames after a context with the clip's own
+    note requested, and with a note 5 semitones higher; f0 error in cents."""
+    from train_iffar import DITHER, clip_labels, load_clip
+
+    out = {"own": [], "plus5": [], "none": [], "truth": []}
+    f = cfg.n_bins
+    s, L = args.start, args.context
+    for ci, row in enumerate(rows):
+        x = torch.as_tensor(load_clip(data, row, cfg.sample_rate), dtype=torch.float64)[None]
+        x = x + DITHER * torch.randn(x.shape, dtype=torch.float64)
+        X = stft(x, cfg)[0]
+        feats = model.normalise(log_magnitude(X)[None],
+                                if_from_phase(torch.angle(X), cfg, model.cfg.if_mode)[None])
+        note, fam = clip_labels(row)
+        if note < 0:
+            continue
+        f_note = float(metrics.midi_to_hz(note))
+        a = s + L
+        out["truth"].append(abs(cents(f0_harmonic_sum(np.abs(X[:, a:a + args.pitch_frames].numpy()),
+                                                      cfg), f_note)))
+        for key, req in (("own", note), ("plus5", note + 5), ("none", None)):
+            gen = model.rollout(feats[..., :a], args.pitch_frames, temperature=0.7, seed=ci,
+                                note=req, family=fam, guard=True)[0]
+            M = torch.exp(model.denorm_mag(gen[:f].T)).T.numpy()
+            target = float(metrics.midi_to_hz(req)) if req is not None else f_note
+            out[key].append(abs(cents(f0_harmonic_sum(M, cfg), target)))
+    res = {}
+    for k, v in out.items():
+        v = np.asarray(v)
+        res[k] = {"median_abs_cents": float(np.median(v)), "within_50_cents": float(np.mean(v < 50)),
+                  "n": int(len(v))}
+    res["note"] = ("own: requested = the clip's note; plus5: requested = note + 5 semitones "
+                   "(error against the request); none: no pitch label (error against the "
+                   "prompt's note); truth: the estimator on the real continuation")
+    return res
+
+
+if __name__ == "__main__":
+    main()

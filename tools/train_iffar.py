@@ -1,0 +1,312 @@
+#!/usr/bin/env python
+"""Train IFF-AR on the ``notes`` set with the shared loop (rtengine.train).
+
+    python tools/train_iffar.py --data data/notes --run runs/iffar --out models/iffar-22k \\
+        --steps 4000 --max-minutes 35
+
+Teacher forcing over random crops of ``--frames`` frames; losses of §3
+(log-magnitude L1, flow NLL, multi-resolution STFT and SI-SDR of the
+teacher-forced audio); Adam; validation every ``--val-every`` steps with early
+stopping after ``--patience`` validations without improvement;
+``--self-feed p`` replaces a share ``p`` of the input frames' magnitudes by
+the model's own teacher-forced prediction (parallel scheduled sampling). The best
+weights are exported to ``--out`` (weights.pt + card.yaml) at every
+improvement, so an interrupted run still ships. ``--resume`` continues from
+``<run>/last.pt``; ``torchrun --nproc_per_node N tools/train_iffar.py …`` runs
+DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rtengine.config import get_config  # noqa: E402
+from rtengine.nn.iffar import FAMILIES, IFFAR, IFFARConfig, export_state  # noqa: E402
+from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
+from rtengine.nn.iffar_losses import LossWeights, iffar_loss  # noqa: E402
+from rtengine.train.checkpoint import load_checkpoint  # noqa: E402
+from rtengine.train.loop import LoopConfig, train  # noqa: E402
+
+DITHER = 1e-6      # keeps the phase of digital silence from being a constant
+
+
+def read_manifest(data: Path, split: str, limit: int | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in open(data / "manifest.jsonl")]
+    rows = [r for r in rows if r["split"] == split]
+    return rows[:limit] if limit else rows
+
+
+def load_clip(data: Path, row: dict, sr: int) -> np.ndarray:
+    from rtengine.io import read_audio
+
+    return np.asarray(read_audio(data / row["path"], sr), dtype=np.float32)
+
+
+def family_index(name: str | None) -> int:
+    return FAMILIES.index(name) if name in FAMILIES else len(FAMILIES)
+
+
+def clip_labels(row: dict) -> tuple[int, int]:
+    lab = row.get("labels", {})
+    p = lab.get("pitches") or [-1]
+    return int(p[0]), family_index(lab.get("family"))
+
+
+def crop(x: np.ndarray, start: int, frames: int, n_fft: int, hop: int) -> np.ndarray:
+    """Samples whose ``center=False`` STFT gives frames ``start .. start+frames−1``
+    of the clip's centred STFT (zero outside the clip)."""
+    a = start * hop - n_fft // 2
+    n = (frames - 1) * hop + n_fft
+    out = np.zeros(n, dtype=np.float32)
+    lo, hi = max(a, 0), min(a + n, len(x))
+    if hi > lo:
+        out[lo - a:hi - a] = x[lo:hi]
+    return out
+
+
+class NoteCrops(torch.utils.data.Dataset):
+    """Random crops of ``frames + 1`` frames (one extra for the first IF) from
+    the clips' sounding part; items ``{"audio", "note", "family"}``."""
+
+    def __init__(self, clips, labels, frames, audio, seed=0, fixed=False):
+        self.clips, self.labels, self.frames, self.audio = clips, labels, frames, audio
+        self.seed, self.epoch, self.fixed = seed, 0, fixed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, i):
+        x = self.clips[i]
+        total = 1 + len(x) // self.audio.hop
+        hi = max(1, min(total, int(3.4 * self.audio.frame_rate)) - self.frames)
+        if self.fixed:
+            start = (i * 37) % hi
+        else:
+            start = int(np.random.default_rng((self.seed, self.epoch, i)).integers(0, hi))
+        a = crop(x, start, self.frames + 1, self.audio.n_fft, self.audio.hop)
+        note, fam = self.labels[i]
+        return {"audio": torch.from_numpy(a), "note": torch.tensor(note), "family": torch.tensor(fam)}
+
+
+def batch_features(model: IFFAR, audio_batch: torch.Tensor, gen: torch.Generator | None = None):
+    """Crops ``(B, L)`` → true STFT ``X (B, F, T)`` and features ``(B, 2F, T)``."""
+    cfg = model.audio
+    x = audio_batch + DITHER * torch.randn(audio_batch.shape, generator=gen)
+    X = stft(x, cfg, center=False)
+    feats = model.normalise(log_magnitude(X), if_from_phase(torch.angle(X), cfg, model.cfg.if_mode))
+    return X[..., 1:], feats[..., 1:]
+
+
+class IFFARTask:
+    def __init__(self, args):
+        self.args = args
+        self.audio = get_config("22k")
+        data = Path(args.data)
+        self.cfg = IFFARConfig(channels=args.channels, layers=args.layers,
+                               flow_layers=args.flow_layers, flow_hidden=args.flow_hidden,
+                               if_mode=args.if_mode)
+        self.model = IFFAR(self.cfg, self.audio)
+        rows = read_manifest(data, "train", args.limit)
+        t0 = time.time()
+        self.clips = [load_clip(data, r, self.audio.sample_rate) for r in rows]
+        self.labels = [clip_labels(r) for r in rows]
+        vrows = read_manifest(data, "val", args.val_clips)
+        self.val_clips = [load_clip(data, r, self.audio.sample_rate) for r in vrows]
+        self.val_labels = [clip_labels(r) for r in vrows]
+        stats_path = Path(args.run) / "stats.pt"
+        if stats_path.exists():
+            stats = torch.load(stats_path, weights_only=True)
+        else:
+            stats = compute_stats(self.clips[:args.stats_clips], self.audio, args.if_mode)
+            stats_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(stats, stats_path)
+        self.model.set_stats(stats)
+        print(f"loaded {len(self.clips)} train / {len(self.val_clips)} val clips "
+              f"in {time.time() - t0:.1f} s", flush=True)
+        self.weights = LossWeights(mag=args.w_mag, nll=args.w_nll, mrstft=args.w_mrstft,
+                                   sisdr=args.w_sisdr)
+        self.best = None
+        self.bad = 0
+        self.t0 = time.time()
+
+    def train_set(self):
+        return NoteCrops(self.clips, self.labels, self.args.frames, self.audio, self.args.seed)
+
+    def loss(self, model, batch):
+        net = model.module if hasattr(model, "module") else model
+        X, feats = batch_features(net, batch["audio"])
+        note, fam = batch["note"].clone(), batch["family"].clone()
+        drop = self.args.label_dropout
+        note[torch.rand(note.shape) < drop] = self.cfg.n_notes
+        fam[torch.rand(fam.shape) < drop] = self.cfg.n_families
+        inputs = feats
+        if self.args.self_feed > 0:
+            # parallel scheduled sampling: a random share of the input frames
+            # carries the model's own (teacher-forced) magnitude prediction,
+            # so it learns to correct its errors instead of compounding them
+            # in a roll-out. Targets stay true.
+            f = self.cfg.n_bins
+            b, _, t = feats.shape
+            with torch.no_grad():
+                mag0 = net(feats, note, fam, sample_tf=False)["mag"]
+                mag0 = mag0.reshape(b, t - 1, f).transpose(1, 2)
+            mix = torch.rand(b, 1, t - 1) < self.args.self_feed
+            inputs = feats.clone()
+            inputs[:, :f, 1:] = torch.where(mix, mag0, feats[:, :f, 1:])
+        out = model(inputs, note, fam)
+        return iffar_loss(net, out, feats, X, self.audio, self.weights, skip=self.args.skip)
+
+    def validate(self, model, device):
+        ds = NoteCrops(self.val_clips, self.val_labels, self.args.frames, self.audio, fixed=True)
+        g = torch.Generator().manual_seed(0)
+        sums: dict = {}
+        n = 0
+        for i in range(0, len(ds), 16):
+            items = [ds[j] for j in range(i, min(i + 16, len(ds)))]
+            a = torch.stack([it["audio"] for it in items]).to(device)
+            note = torch.stack([it["note"] for it in items]).to(device)
+            fam = torch.stack([it["family"] for it in items]).to(device)
+            X, feats = batch_features(model, a, g)
+            out = model(feats, note, fam)
+            total, terms = iffar_loss(model, out, feats, X, self.audio, self.weights,
+                                      skip=self.args.skip)
+            for k, v in ({"val_loss": total} | terms).items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(items)
+            n += len(items)
+        m = {k: v / n for k, v in sums.items()}
+        # early stopping and export of the best weights
+        if self.best is None or m["val_loss"] < self.best:
+            self.best, self.bad = m["val_loss"], 0
+            self.export(model, -1, {"val": m}, partial=True)
+        else:
+            self.bad += 1
+            if self.bad >= self.args.patience:
+                print(f"early stopping: no improvement in {self.bad} validations", flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
+        return m
+
+    def export(self, model, step, metrics, partial=False):
+        if not self.args.out:
+            return
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        best = Path(self.args.run) / "best.pt"
+        state_model = model
+        if not partial and best.exists():
+            net = IFFAR(self.cfg, self.audio)
+            net.load_state_dict(load_checkpoint(best)["model"])
+            state_model = net
+        tmp = out / "weights.pt.tmp"
+        torch.save(export_state(state_model, {"train": {
+            "val": {k: float(v) for k, v in (metrics.get("val") or {}).items()
+                    if isinstance(v, (int, float))},
+            "steps": int(step) if step >= 0 else None,
+            "wall_s": time.time() - self.t0}}), tmp)
+        os.replace(tmp, out / "weights.pt")
+        if not partial:
+            calibrate(str(out), self.args.data, self.args.val_clips)
+        summary = {k: v for k, v in metrics.items() if k != "val"}
+        (out / "train_summary.json").write_text(json.dumps(
+            {"args": vars(self.args), "summary": summary if not partial else None,
+             "val": metrics.get("val")}, indent=1, default=float))
+
+
+def calibrate(weights: str, data: str, clips: int = 48, frames: int = 260) -> dict:
+    """Set the MagHead calibration (``IFFAR.calibrate``) of an exported model
+    from the validation split; rewrites ``weights.pt``."""
+    from rtengine.nn.iffar import load_iffar
+
+    torch.set_num_threads(1)
+    model = load_iffar(weights)
+    audio = model.audio
+    rows = read_manifest(Path(data), "val", clips)
+    g = torch.Generator().manual_seed(0)
+    feats, labels = [], []
+    for r in rows:
+        x = torch.as_tensor(load_clip(Path(data), r, audio.sample_rate))[None]
+        x = x + DITHER * torch.randn(x.shape, generator=g)
+        X = stft(x, audio)[0][:, :frames]
+        feats.append(model.normalise(log_magnitude(X)[None],
+                                     if_from_phase(torch.angle(X), audio, model.cfg.if_mode)[None]))
+        labels.append(clip_labels(r))
+    bias = model.calibrate(feats, labels)
+    p = Path(weights) / "weights.pt" if Path(weights).is_dir() else Path(weights)
+    state = torch.load(p, weights_only=True)
+    state["model"]["mag_bias"] = bias.detach().float().clone()
+    state["calibration"] = {"split": "val", "clips": len(rows), "frames": frames,
+                            "mean_bias": float(bias.mean()), "max_bias": float(bias.max())}
+    tmp = p.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, p)
+    print(json.dumps(state["calibration"]))
+    return state["calibration"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/notes")
+    p.add_argument("--run", default="runs/iffar")
+    p.add_argument("--out", default="models/iffar-22k", help="export folder ('' for none)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--frames", type=int, default=32, help="frames per training crop")
+    p.add_argument("--skip", type=int, default=4, help="leading target frames left out of the loss")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--limit", type=int, default=1200, help="train clips loaded")
+    p.add_argument("--val-clips", type=int, default=48)
+    p.add_argument("--stats-clips", type=int, default=200)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--if-mode", choices=("hetero", "raw"), default="hetero")
+    p.add_argument("--channels", type=int, default=128)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--flow-layers", type=int, default=4)
+    p.add_argument("--flow-hidden", type=int, default=24)
+    p.add_argument("--label-dropout", type=float, default=0.3)
+    p.add_argument("--self-feed", type=float, default=0.0,
+                   help="share of input frames given the model's own magnitude (scheduled sampling)")
+    p.add_argument("--w-mag", type=float, default=1.0)
+    p.add_argument("--w-nll", type=float, default=0.5)
+    p.add_argument("--w-mrstft", type=float, default=0.5)
+    p.add_argument("--w-sisdr", type=float, default=0.02)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--calibrate", metavar="MODEL", default=None,
+                   help="only set the MagHead calibration of MODEL from the validation split")
+    args = p.parse_args(argv)
+    if args.calibrate:
+        return calibrate(args.calibrate, args.data, args.val_clips)
+    torch.set_num_threads(args.threads)
+    task = IFFARTask(args)
+    loop = LoopConfig(run_dir=args.run, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      warmup=min(100, args.steps // 10), val_every=args.val_every,
+                      ckpt_every=args.ckpt_every, device=args.device, seed=args.seed,
+                      resume=args.resume, max_minutes=args.max_minutes,
+                      progress=not args.no_progress, threads=args.threads, log_every=10,
+                      extra={"if_mode": args.if_mode})
+    summary = train(task, loop)
+    print(json.dumps(summary, default=float))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
