@@ -164,7 +164,26 @@ def bench_vocode(cfg: AudioConfig, x: np.ndarray, repeat: int) -> dict:
             "sc_db_vs_input": spectral_convergence(y, mag, cfg)}
 
 
-def run_bench(json_out: str | None = None, seconds: float = 10.0, quick: bool = False) -> int:
+def bench_models(repeat: int) -> dict:
+    """The shipped models' own benchmarks (each measures itself with one torch
+    thread, as the live engine runs them)."""
+    from .stages.vocoder import MODELS_DIR
+
+    res = {}
+    if (MODELS_DIR / "pgvoc-22k" / "weights.pt").exists():
+        from .neural_vocoder import measure_performance
+        res["pgvoc-22k"] = measure_performance(MODELS_DIR / "pgvoc-22k", repeat=repeat)
+    if (MODELS_DIR / "iffar-22k" / "weights.pt").exists():
+        from .stages.iffar import bench_iffar
+        res["iffar-22k"] = bench_iffar()
+    if (MODELS_DIR / "latentft-22k" / "weights.pt").exists():
+        from .stages.latentft import bench_latentft
+        res["latentft-22k"] = bench_latentft()
+    return res
+
+
+def run_bench(json_out: str | None = None, seconds: float = 10.0, quick: bool = False,
+              models: bool = True) -> int:
     repeat = 1 if quick else 3
     cfg = get_config("22k")
     x = test_signal(cfg.sample_rate, seconds).astype(np.float64)
@@ -180,6 +199,8 @@ def run_bench(json_out: str | None = None, seconds: float = 10.0, quick: bool = 
         "ola": bench_ola(cfg, x, repeat),
         "vocode_pghi": bench_vocode(cfg, x, repeat),
     }
+    if models:
+        results["models"] = bench_models(repeat)
     print_report(results, sys.stdout if json_out != "-" else sys.stderr)
     if json_out:
         text = json.dumps(results, indent=2)
@@ -242,3 +263,7 @@ def print_report(r: dict, out) -> None:
     print(f"\nvocode --model pghi in process (mel analysis + mel inverse + PGHI + heap + OLA): "
           f"{v['seconds'] * 1e3:.0f} ms for the test signal = {v['x_real_time']:.0f}x real time; "
           f"SC vs input {v['sc_db_vs_input']:.1f} dB", file=out)
+    for name, m in r.get("models", {}).items():
+        print(f"\n{name}:", file=out)
+        for k, val in m.items():
+            print(f"  {k}: {val}", file=out)

@@ -90,7 +90,8 @@ def cmd_vocode(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    return run_bench(json_out=args.json, seconds=args.seconds, quick=args.quick)
+    return run_bench(json_out=args.json, seconds=args.seconds, quick=args.quick,
+                     models=not args.no_models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the results as JSON (to FILE, or stdout with no FILE)")
     b.add_argument("--seconds", type=float, default=10.0, help="length of the test signal")
     b.add_argument("--quick", action="store_true", help="fewer repetitions (for tests)")
+    b.add_argument("--no-models", action="store_true",
+                   help="skip the shipped models (pgvoc-22k, iffar-22k, latentft-22k)")
     b.set_defaults(func=cmd_bench)
 
     try:
