@@ -65,3 +65,14 @@ def jackd():
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: small ops are faster, and timing does not depend on the load."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,13 +18,7 @@ CFG = get_config("22k")
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "pgvoc-22k"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: small ops are faster, and timing does not depend on the load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tone(f0=220.0, seconds=1.0, sr=22050, n_harm=5):

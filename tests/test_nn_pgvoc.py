@@ -16,13 +16,7 @@ from rtengine.nn.pgvoc import PGVocConfig, PGVocNet, paper_config, warp_matrix
 A22 = get_config("22k")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: small ops are faster, and timing does not depend on the load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomised(net: PGVocNet, seed: int = 0) -> PGVocNet:

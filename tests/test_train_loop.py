@@ -17,13 +17,7 @@ from rtengine.train.loop import LoopConfig, resolve_device, train, warmup_cosine
 from rtengine.train.pgvoc import PGVocTask
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: small ops are faster, and timing does not depend on the load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LinearTask:

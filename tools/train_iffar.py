@@ -36,7 +36,7 @@ from rtengine.nn.iffar import FAMILIES, IFFAR, IFFARConfig, export_state  # noqa
 from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
 from rtengine.nn.iffar_losses import LossWeights, iffar_loss  # noqa: E402
 from rtengine.train.checkpoint import load_checkpoint  # noqa: E402
-from rtengine.train.loop import LoopConfig, train  # noqa: E402
+from rtengine.train.loop import loop_config_from_args, train  # noqa: E402
 
 DITHER = 1e-6      # keeps the phase of digital silence from being a constant
 
@@ -297,12 +297,8 @@ def main(argv=None):
         return calibrate(args.calibrate, args.data, args.val_clips)
     torch.set_num_threads(args.threads)
     task = IFFARTask(args)
-    loop = LoopConfig(run_dir=args.run, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      warmup=min(100, args.steps // 10), val_every=args.val_every,
-                      ckpt_every=args.ckpt_every, device=args.device, seed=args.seed,
-                      resume=args.resume, max_minutes=args.max_minutes,
-                      progress=not args.no_progress, threads=args.threads, log_every=10,
-                      extra={"if_mode": args.if_mode})
+    loop = loop_config_from_args(args, args.run, warmup=min(100, args.steps // 10), log_every=10,
+                                 extra={"if_mode": args.if_mode})
     summary = train(task, loop)
     print(json.dumps(summary, default=float))
     return summary

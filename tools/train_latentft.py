@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from rtengine.train.loop import LoopConfig, init_distributed, resolve_device, train
+    from rtengine.train.loop import init_distributed, loop_config_from_args, resolve_device, train
 
     dist_info = init_distributed(resolve_device(args.device))
     run = Path(args.run_dir)
@@ -312,10 +312,7 @@ def main(argv=None) -> int:
             "params": sum(p.numel() for p in model.net.parameters())}
     task = LatentFTTask(model, train_mels, val_mels, items=len(train_mels) * 4, seed=args.seed,
                         export_dir=args.out, card=card)
-    loop = LoopConfig(run_dir=str(run), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      warmup=args.warmup, val_every=args.val_every, ckpt_every=args.ckpt_every,
-                      device=args.device, seed=args.seed, resume=args.resume,
-                      max_minutes=args.max_minutes, progress=not args.no_progress, threads=args.threads)
+    loop = loop_config_from_args(args, run)
     summary = train(task, loop)
     if dist_info.main:
         print(f"done: {summary['steps']} steps in {summary['wall_s'] / 60:.1f} min; "

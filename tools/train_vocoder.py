@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     from rtengine.errors import UserError
     from rtengine.nn.pgvoc import PGVocConfig, paper_config
     from rtengine.train.features import build_cache
-    from rtengine.train.loop import LoopConfig, init_distributed, resolve_device, train
+    from rtengine.train.loop import init_distributed, loop_config_from_args, resolve_device, train
     from rtengine.train.pgvoc import PGVocTask
 
     try:
@@ -133,10 +133,7 @@ def main(argv=None) -> int:
     task = PGVocTask(audio, net_cfg, train_cache, val_cache, crop=args.crop,
                      samples_per_epoch=max(args.batch_size * 200, 1024), seed=args.seed,
                      val_herr=herr_rows, export_dir=args.out, card=card)
-    loop = LoopConfig(run_dir=args.run_dir, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      warmup=args.warmup, val_every=args.val_every, ckpt_every=args.ckpt_every,
-                      device=args.device, seed=args.seed, num_workers=args.workers, resume=args.resume,
-                      max_minutes=args.max_minutes, progress=not args.no_progress, threads=args.threads)
+    loop = loop_config_from_args(args, args.run_dir)
     summary = train(task, loop)
     if dist_info.main:
         print(f"done: {summary['steps']} steps in {summary['wall_s'] / 60:.1f} min; "

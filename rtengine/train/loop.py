@@ -62,6 +62,25 @@ class LoopConfig:
     extra: dict = field(default_factory=dict)
 
 
+# command-line names (argparse dests) of the LoopConfig fields the trainers share
+_ARG_FIELDS = ("steps", "batch_size", "lr", "warmup", "val_every", "ckpt_every", "device",
+               "seed", "resume", "max_minutes", "threads")
+
+
+def loop_config_from_args(args, run_dir, **overrides) -> "LoopConfig":
+    """A :class:`LoopConfig` from a trainer's parsed arguments: the shared
+    options it defines (``--steps``, ``--batch-size``, ``--lr``, ``--warmup``,
+    ``--val-every``, ``--ckpt-every``, ``--device``, ``--seed``, ``--resume``,
+    ``--max-minutes``, ``--threads``, ``--workers``, ``--no-progress``), then
+    ``overrides``."""
+    kw = {k: getattr(args, k) for k in _ARG_FIELDS if hasattr(args, k)}
+    if hasattr(args, "workers"):
+        kw["num_workers"] = args.workers
+    kw["progress"] = not getattr(args, "no_progress", False)
+    kw.update(overrides)
+    return LoopConfig(run_dir=str(run_dir), **kw)
+
+
 class Task(Protocol):
     """What a trainer provides to :func:`train`."""
 
