@@ -57,7 +57,8 @@ class NeuralPGVocoder:
 
     def __init__(self, cfg: AudioConfig | str, model_dir: str | Path | None = None, mode: str = "heap",
                  use_lambda: bool = False, seed: int = 0, device: str = "cpu",
-                 threads: int | None = None, ola: str = "auto", net: PGVocNet | None = None):
+                 threads: int | None = None, ola: str = "auto", net: PGVocNet | None = None,
+                 lookahead: bool = False):
         cfg = get_config(cfg)
         if threads:
             torch.set_num_threads(int(threads))
@@ -72,7 +73,7 @@ class NeuralPGVocoder:
         self.cfg = cfg
         self.net = net.to(self.device).eval()
         self.net.set_streaming(True)
-        self.integrator = PhaseIntegrator(cfg.n_fft, cfg.hop, mode=mode, lookahead=False,
+        self.integrator = PhaseIntegrator(cfg.n_fft, cfg.hop, mode=mode, lookahead=lookahead,
                                           use_lambda=use_lambda, seed=seed)
         if ola == "auto":
             ola = "torch" if self.device.type == "cuda" else "numpy"
@@ -124,6 +125,15 @@ class NeuralPGVocoder:
         if self.net.lookahead:
             lm, dm, dn = self.net.flush_stream()
             parts.append(self.synthesize(_numpy(lm[0]), _numpy(dm[0]), _numpy(dn[0])))
+        parts.append(self._flush_phase_and_ola())
+        return np.concatenate(parts)
+
+    def _flush_phase_and_ola(self) -> np.ndarray:
+        """The frame the integrator holds for look-ahead (if any), then the OLA tail."""
+        parts = []
+        if self.integrator.latency_frames:
+            m, phase = self.integrator.flush()
+            parts.append(_audio(self.ola.process(m * np.exp(1j * phase))))
         parts.append(_audio(self.ola.flush()))
         return np.concatenate(parts)
 
@@ -158,7 +168,7 @@ class NeuralPGVocoder:
             # the same frames a stream sees: ``d`` silent frames first
             pre = np.zeros((lm.shape[0], d))
             y = np.concatenate([self.synthesize(*(np.concatenate([pre, a], axis=1) for a in (lm, dm, dn))),
-                                _audio(self.ola.flush())])
+                                self._flush_phase_and_ola()])
             y = y[self.latency_samples:]
             outs.append(y[:(mel.shape[1] - 1) * self.cfg.hop])
         self.reset()
@@ -183,14 +193,15 @@ def vocode_neural(log_mel: np.ndarray, cfg: AudioConfig, model_dir: str | Path, 
     return run_offline(NeuralPGVocoder(cfg, model_dir, **kwargs), log_mel, length)
 
 
-def eval_system(model_dir: str | Path, mode: str = "heap", use_lambda: bool = False):
+def eval_system(model_dir: str | Path, mode: str = "heap", use_lambda: bool = False,
+                lookahead: bool = False):
     """A system factory for ``tools/eval_vocoder.py``: ``make(cfg)`` loads the
     model once and returns ``fn(x, log_mel, cfg) -> audio``, offline vocoding
     through the streaming object (:func:`rtengine.dsp.vocoder.run_offline`)."""
     def make(cfg: AudioConfig):
         from .dsp.vocoder import run_offline
 
-        voc = NeuralPGVocoder(cfg, model_dir, mode=mode, use_lambda=use_lambda)
+        voc = NeuralPGVocoder(cfg, model_dir, mode=mode, use_lambda=use_lambda, lookahead=lookahead)
 
         def run(x, log_mel, cfg):
             voc.reset()

@@ -57,16 +57,18 @@ def test_chunking_does_not_change_the_audio(tiny_model, mode):
         assert np.max(np.abs(_stream(voc, mel, chunk) - ref)) < 1e-5, chunk
 
 
-def test_run_offline_and_batched_prediction_agree_with_streaming(tiny_model):
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_run_offline_and_batched_prediction_agree_with_streaming(tiny_model, lookahead):
     mels = [log_mel(_tone(f, s), CFG) for f, s in ((220.0, 0.5), (330.0, 0.3))]
-    voc = NeuralPGVocoder(CFG, tiny_model)
+    voc = NeuralPGVocoder(CFG, tiny_model, lookahead=lookahead)
+    assert voc.integrator.latency_frames == int(lookahead)
     ys = voc.vocode_batch(mels)
     for mel, y in zip(mels, ys):
         voc.reset()
         ref = run_offline(voc, mel)
         assert y.shape == ref.shape == ((mel.shape[1] - 1) * CFG.hop,)
         assert np.max(np.abs(y - ref)) < 1e-5
-    y = vocode_neural(mels[0], CFG, tiny_model)
+    y = vocode_neural(mels[0], CFG, tiny_model, lookahead=lookahead)
     assert np.max(np.abs(y - ys[0])) < 1e-5
 
 

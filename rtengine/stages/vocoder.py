@@ -64,7 +64,8 @@ def _pgvoc(name: str):
         return NeuralPGVocoder(cfg, MODELS_DIR / name, mode=mode,
                                use_lambda=bool(options.get("use_lambda", False)), seed=seed,
                                device=str(options.get("device", "cpu")),
-                               threads=options.get("threads"))
+                               threads=options.get("threads"),
+                               lookahead=bool(options.get("lookahead", False)))
     return make
 
 
@@ -74,6 +75,7 @@ if (MODELS_DIR / "pgvoc-22k" / "weights.pt").exists():
         "use_lambda": ((bool,), "random phase on noise bins"),
         "device": ((str,), "cpu, cuda or auto"),
         "threads": ((int,), "torch threads (1 for live use)"),
+        "lookahead": ((bool,), "one frame of integrator look-ahead (default false)"),
     })
 
 
