@@ -5,14 +5,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
 
 from rtengine.config import get_config
 from rtengine.control.params import Param
 from rtengine.control.patch import build_engine, validate_patch
 from rtengine.engine import BlockAdapter, Engine
 from rtengine.engine.render import render
-from rtengine.stages import STAGE_TYPES, VOCODER_MODELS, register_stage, register_vocoder
+from rtengine.stages import VOCODER_MODELS, register_vocoder
 from rtengine.stages.base import MEL, Stage
 from rtengine.stages.mel import MelStage
 from rtengine.stages.output import HARD_CEILING, OutputStage

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-import yaml
 
 from rtengine.control.patch import build_engine, load_patch, save_patch
 from rtengine.errors import UserError

@@ -61,9 +61,7 @@ class OverlapAdd:
 
     def process(self, spec: np.ndarray) -> np.ndarray:
         """spec: ``(F, k)`` complex centre-referenced frames → ``(k * hop,)`` float64."""
-        k = spec.shape[1]
         frames = np.fft.irfft(spec.T * self._sign, n=self.cfg.n_fft, axis=-1) * self.window
-        out = np.empty(k * self.cfg.hop)
         return self._emit(frames, self._w2)
 
     def _emit(self, frames: np.ndarray, w2: np.ndarray) -> np.ndarray:
@@ -114,10 +112,8 @@ class TorchOverlapAdd:
     def process(self, spec):
         """spec: ``(F, k)`` complex (numpy or torch) → ``(k * hop,)`` torch tensor on the device."""
         t = self.torch
-        n, hop = self.cfg.n_fft, self.cfg.hop
         spec = t.as_tensor(spec, device=self.device)
-        k = spec.shape[1]
-        frames = t.fft.irfft(spec.T * self._sign, n=n, dim=-1).to(self.dtype) * self.window
+        frames = t.fft.irfft(spec.T * self._sign, n=self.cfg.n_fft, dim=-1).to(self.dtype) * self.window
         return self._emit(frames, self._w2)
 
     def _emit(self, frames, w2):

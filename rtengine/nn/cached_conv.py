@@ -64,7 +64,7 @@ class CachedConv1d(nn.Conv1d):
         """The convolution as one matrix product over the gathered taps (im2col):
         for the few frames of a live block this is several times cheaper than a
         convolution call. xc ``(B, C_in, context + t)`` → ``(B, C_out, t)``."""
-        k, d = self.kernel_size[0], self.dilation[0]
+        d = self.dilation[0]
         taps = xc.unfold(-1, self.context + 1, 1)[..., ::d]                   # (B, C_in, t, k)
         taps = taps.permute(0, 2, 1, 3).reshape(xc.shape[0], t, -1)           # (B, t, C_in*k)
         w = self.weight.reshape(self.out_channels, -1)                        # (C_out, C_in*k)

@@ -40,7 +40,7 @@ from ..control.params import Param
 from ..dsp.ola import OverlapAdd
 from ..dsp.stft import stft as np_stft
 from ..errors import UserError
-from .base import AUDIO, Source, Stage, SOURCE_TYPES, register_source, register_stage
+from .base import AUDIO, Stage, register_stage
 
 PHASE_MODES = ("direct", "heap")
 REPO = Path(__file__).resolve().parent.parent.parent
