@@ -260,7 +260,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/notes")
     p.add_argument("--run", default="runs/iffar")
-    p.add_argument("--out", default="models/iffar-22k", help="export folder ('' for none)")
+    p.add_argument("--out", default="", help="export folder for weights.pt and card.yaml, e.g. models/iffar-22k (default: none)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--frames", type=int, default=32, help="frames per training crop")
