@@ -54,11 +54,12 @@ def cmd_vocode(args) -> int:
 
     from .config import get_config
     from .io import write_audio
-    from .vocode import Job, make_vocoder, plan_jobs, vocode_file
+    from .stages.vocoder import VocoderStage
+    from .vocode import Job, plan_jobs, vocode_file
 
     cfg = get_config(args.config)
-    vocoder = make_vocoder(args.model, cfg, mode=args.mode, lookahead=not args.causal,
-                           use_lambda=args.use_lambda, seed=args.seed)
+    vocoder = VocoderStage("vocoder", cfg, dict(mode=args.mode, lookahead=not args.causal,
+                                                use_lambda=args.use_lambda), args.seed, model=args.model)
     if args.example:
         if args.inputs:
             raise UserError("give either --example or input files, not both")

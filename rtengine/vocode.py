@@ -1,34 +1,27 @@
 """The ``vocode`` job: audio or mel files in, audio files out, one vocoder.
 
-Inputs are streamed through the same objects a live engine runs, in host blocks
-of ``block_size`` output samples; since every frame is computed the same way
-whatever block it falls in, the output does not depend on the block size.
+Each file runs through the live engine's own chain (file or mel-file source →
+mel analysis → vocoder stage) and block adapter, in host blocks of
+``block_size`` samples, so the output does not depend on the block size and is
+what ``rtengine play`` would send to the card.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from .config import AudioConfig
-from .dsp.mel import StreamingLogMel
+from .engine import Engine
+from .engine.render import render
 from .errors import UserError
-from .io import read_audio, read_mel
+from .stages.mel import MelStage
+from .stages.sources import FileSource, MelFileSource
+from .stages.vocoder import VocoderStage
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".opus", ".au", ".caf", ".w64"}
-
-
-def make_vocoder(model: str, cfg: AudioConfig, seed: int = 0, **options):
-    """A streaming vocoder by name, from the vocoder stage's model registry
-    (``pghi``, and every learned model that registered itself)."""
-    from .stages.vocoder import VOCODER_MODELS
-
-    if model not in VOCODER_MODELS:
-        raise UserError(f"unknown vocoder model {model!r}; available: {', '.join(sorted(VOCODER_MODELS))}")
-    return VOCODER_MODELS[model](cfg, options, seed)
 
 
 @dataclass
@@ -63,69 +56,24 @@ def plan_jobs(inputs: list[str], output: str) -> list[Job]:
     return jobs
 
 
-def mel_frames_from_audio(audio: np.ndarray, cfg: AudioConfig, block: int) -> Iterator[np.ndarray]:
-    """Log-mel frames of ``audio`` analysed in blocks of ``block`` input samples."""
-    analysis = StreamingLogMel(cfg)
-    for i in range(0, len(audio), block):
-        frames = analysis.process(audio[i:i + block])
-        if frames.shape[1]:
-            yield frames
-    tail = analysis.flush()
-    if tail.shape[1]:
-        yield tail
-
-
-def stream_vocode(frames: Iterator[np.ndarray], vocoder, length: int, block: int) -> np.ndarray:
-    """Pull ``block`` output samples at a time from ``vocoder`` fed by ``frames``.
-
-    The output is the vocoder's stream with its latency removed, ``length`` samples."""
-    hop = vocoder.cfg.hop
-    pending = np.zeros((vocoder.cfg.n_mels, 0), dtype=np.float32)
-    fifo: list[np.ndarray] = []
-    have = 0
-    total = length + vocoder.latency_samples
-    out = np.empty(total, dtype=np.float32)
-    written = 0
-    source_done = False
-    while written < total:
-        n = min(block, total - written)
-        while have < n:                       # render whole frames until the block is ready
-            need = -(-(n - have) // hop)
-            while pending.shape[1] < need and not source_done:
-                nxt = next(frames, None)
-                if nxt is None:
-                    source_done = True
-                else:
-                    pending = np.concatenate([pending, nxt], axis=1)
-            if pending.shape[1]:
-                k = min(need, pending.shape[1])
-                chunk = vocoder.process(pending[:, :k])
-                pending = pending[:, k:]
-            else:
-                chunk = vocoder.flush()
-                if len(chunk) == 0:
-                    chunk = np.zeros(n - have, dtype=np.float32)
-            fifo.append(chunk)
-            have += len(chunk)
-        buf = np.concatenate(fifo)
-        out[written:written + n] = buf[:n]
-        fifo, have = [buf[n:]], len(buf) - n
-        written += n
-    return out[vocoder.latency_samples:]
-
-
-def vocode_file(source: Path, cfg: AudioConfig, vocoder, block: int | None) -> np.ndarray:
-    """Vocode one audio or ``.npy`` mel file → float32 audio at ``cfg.sample_rate``."""
+def vocode_file(source: Path, cfg: AudioConfig, vocoder: VocoderStage, block: int | None) -> np.ndarray:
+    """Vocode one audio or ``.npy`` mel file → float32 audio at ``cfg.sample_rate``,
+    as long as the input (a mel of T frames gives ``(T - 1) * hop`` samples)."""
+    block = block or 4096
     if source.suffix == ".npy":
-        mel = read_mel(source, cfg)
-        length = (mel.shape[1] - 1) * cfg.hop
-        frames = iter([mel[:, i:i + 64] for i in range(0, mel.shape[1], 64)])
+        src = MelFileSource("source", cfg, {"path": str(source)})
+        stages = [vocoder]
     else:
-        audio = read_audio(source, cfg.sample_rate)
-        length = len(audio)
-        frames = mel_frames_from_audio(audio, cfg, block or 4096)
-    vocoder.reset()
-    return guard_output(stream_vocode(frames, vocoder, length, block or 4096))
+        src = FileSource("source", cfg, {"path": str(source)})
+        stages = [MelStage("mel", cfg), vocoder]
+    engine = Engine(cfg, src, stages)
+    engine.prepare(max(1, min(64, -(-block // cfg.hop))))   # reads the file, resets the vocoder
+    if source.suffix == ".npy":
+        length = (src.mel.shape[1] - 1) * cfg.hop
+    else:
+        length = len(src.data)
+    y = render(engine, length + engine.latency_samples, block)[engine.latency_samples:]
+    return guard_output(y)
 
 
 def guard_output(audio: np.ndarray) -> np.ndarray:
