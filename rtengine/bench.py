@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from .config import AudioConfig, get_config
-from .dsp.integrator import PhaseIntegrator
+from .dsp.integrator import PhaseIntegrator, integrate_offline
 from .dsp.ola import OverlapAdd, TorchOverlapAdd
 from .dsp.phase_gradient import phase_gradients
 from .dsp.pghi import pghi_gradients
@@ -51,15 +51,6 @@ INTEGRATORS = {
 }
 
 
-def integrate(mag, omega, tau, cfg: AudioConfig, **kw) -> np.ndarray:
-    """Phases of a whole spectrogram, aligned with its frames (look-ahead removed)."""
-    integ = PhaseIntegrator(cfg.n_fft, cfg.hop, **kw)
-    _, phase = integ.process(mag, omega, tau)
-    if integ.latency_frames:
-        phase = np.concatenate([phase[:, integ.latency_frames:], integ.flush()[1]], axis=1)
-    return phase
-
-
 def bench_integrator(cfg: AudioConfig, signals: dict, repeat: int) -> dict:
     """µs per frame of each integrator setting (on the first signal), and its
     spectral convergence on each signal with exact gradients (reassignment) and
@@ -70,7 +61,8 @@ def bench_integrator(cfg: AudioConfig, signals: dict, repeat: int) -> dict:
         p_omega, p_tau = pghi_gradients(mag, cfg, lookahead=True)
         for name, kw in INTEGRATORS.items():
             for grads, label in (((omega, tau), "exact"), ((p_omega, p_tau), "pghi")):
-                y = istft(mag * np.exp(1j * integrate(mag, *grads, cfg, **kw)), cfg, len(x))
+                phase = integrate_offline(mag, *grads, cfg.n_fft, cfg.hop, **kw)
+                y = istft(mag * np.exp(1j * phase), cfg, len(x))
                 res[f"{name}|sc_{label}_{sig_name}_db"] = spectral_convergence(y, mag, cfg)
             if sig_name == "test":
                 integ = PhaseIntegrator(cfg.n_fft, cfg.hop, **kw)

@@ -308,3 +308,15 @@ class PhaseIntegrator:
         """Emit the frame held for look-ahead, followed by a silent frame."""
         z = np.zeros((self.n_bins, self.latency_frames))
         return self.process(z, z, z)
+
+
+def integrate_offline(mag: np.ndarray, omega: np.ndarray, tau: np.ndarray, n_fft: int, hop: int,
+                      **options) -> np.ndarray:
+    """Phases of a whole spectrogram ``(F, T)``, aligned with its frames: a
+    :class:`PhaseIntegrator` (``options`` as its keywords) run over the sequence,
+    its look-ahead delay removed."""
+    integ = PhaseIntegrator(n_fft, hop, **options)
+    _, phase = integ.process(mag, omega, tau)
+    if integ.latency_frames:
+        phase = np.concatenate([phase[:, integ.latency_frames:], integ.flush()[1]], axis=1)
+    return phase

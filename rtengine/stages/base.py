@@ -48,20 +48,19 @@ STAGE_TYPES: Registry = Registry()
 SOURCE_TYPES: Registry = Registry()
 
 
-def register_stage(name: str):
-    def deco(cls):
-        STAGE_TYPES[name] = cls
-        cls.type_name = name
-        return cls
-    return deco
+def _registrar(registry: Registry):
+    def register(name: str):
+        """Class decorator: make ``type: name`` available to patches."""
+        def deco(cls):
+            registry[name] = cls
+            cls.type_name = name
+            return cls
+        return deco
+    return register
 
 
-def register_source(name: str):
-    def deco(cls):
-        SOURCE_TYPES[name] = cls
-        cls.type_name = name
-        return cls
-    return deco
+register_stage = _registrar(STAGE_TYPES)
+register_source = _registrar(SOURCE_TYPES)
 
 
 class Stage:
