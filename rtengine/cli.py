@@ -55,11 +55,38 @@ def cmd_vocode(args) -> int:
     from .config import get_config
     from .io import write_audio
     from .stages.vocoder import VocoderStage
-    from .vocode import Job, plan_jobs, vocode_file
+    from .vocode import Job, plan_jobs, play_stdin, vocode_file, vocode_stdin
 
     cfg = get_config(args.config)
-    vocoder = VocoderStage("vocoder", cfg, dict(mode=args.mode, lookahead=not args.causal,
-                                                use_lambda=args.use_lambda), args.seed, model=args.model)
+    if args.play and not args.stdin:
+        raise UserError("--play streams from standard input: add --stdin")
+    if args.output is None and not args.play:
+        raise UserError("no output: give -o FILE (or -o - for raw float32 on stdout, or --play with --stdin)")
+    options = dict(mode=args.mode, use_lambda=args.use_lambda)
+    if args.model == "pghi":   # the learned vocoders are causal unless a patch asks for look-ahead
+        options["lookahead"] = not args.causal
+    vocoder = VocoderStage("vocoder", cfg, options, args.seed, model=args.model)
+    if args.stdin:
+        if args.inputs or args.example:
+            raise UserError("give either --stdin or input files, not both")
+        t0 = time.perf_counter()
+        if args.play:
+            from .cli_engine import _device
+
+            st = play_stdin(cfg, vocoder, device=_device(args.device), block_size=args.block_size or 256,
+                            record=args.output if args.output not in (None, "-") else None)
+            print(f"{st['blocks']} blocks, {st['underruns']} underruns, cpu {100 * st['cpu_load']:.1f}%, "
+                  f"latency {st['algorithmic_latency_ms']:.1f} ms algorithmic + "
+                  f"{st['buffering_latency_ms']:.1f} ms buffering (model {args.model})", file=sys.stderr)
+            return 0
+        frames, seconds = vocode_stdin(cfg, vocoder, args.output)
+        dt = time.perf_counter() - t0
+        print(f"{args.output}: {frames} mel frames from stdin, {seconds:.1f} s of audio in {dt:.2f} s "
+              f"(model {args.model}, latency {vocoder.latency_samples / cfg.sample_rate * 1000:.1f} ms)",
+              file=sys.stderr)
+        return 0
+    if args.output == "-":
+        raise UserError("-o - (raw audio on stdout) is for --stdin; give an output file")
     if args.example:
         if args.inputs:
             raise UserError("give either --example or input files, not both")
@@ -124,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  rtengine vocode mels/ -o wavs/ --mode lambda",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("inputs", nargs="*", help="audio files, .npy mels or directories")
-    v.add_argument("-o", "--output", required=True,
-                   help="output file (one input) or directory (several inputs or a directory)")
+    v.add_argument("-o", "--output", default=None,
+                   help="output file (one input) or directory (several inputs or a directory); "
+                        "with --stdin, a file or - (raw float32 samples on stdout)")
     v.add_argument("--example", action="store_true",
                    help="vocode the built-in 10 s test signal (also written beside the output)")
     v.add_argument("--model", default="pghi", help="vocoder model (default: pghi)")
@@ -140,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--use-lambda", action="store_true",
                    help="random phase on bins the lambda test classifies as noise (heap mode)")
     v.add_argument("--seed", type=int, default=0, help="seed of the random phases")
+    v.add_argument("--stdin", action="store_true",
+                   help="read raw float32 log-mel frames (n_mels values each, native byte order) "
+                        "from a pipe and vocode them as they arrive")
+    v.add_argument("--play", action="store_true",
+                   help="with --stdin: play on the sound card (-o FILE also records what is played)")
+    v.add_argument("--device", default=None, help="with --play: output device (index or name, see "
+                                                  "'rtengine devices')")
     v.set_defaults(func=cmd_vocode)
 
     b = sub.add_parser("bench", help="measure speed and quality against reference implementations",

@@ -74,19 +74,26 @@ def atomic_path(path: str | os.PathLike):
             os.unlink(tmp)
 
 
+def check_audio_suffix(path: Path) -> tuple[str, str | None]:
+    """soundfile's ``(format, subtype)`` for an output path's extension
+    (``.wav`` is 32-bit float); a clear error for an unknown one."""
+    import soundfile as sf
+
+    fmt = sf.check_format(path.suffix[1:].upper()) if path.suffix else False
+    if not fmt:
+        raise UserError(f"{path}: unknown audio format {path.suffix!r} (use .wav, .flac or .ogg)")
+    return path.suffix[1:].upper(), ("FLOAT" if path.suffix.lower() == ".wav" else None)
+
+
 def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:
     """Write mono float audio atomically; the format follows the extension
     (``.wav`` is written as 32-bit float)."""
     import soundfile as sf
 
     path = Path(path)
-    fmt = sf.check_format(path.suffix[1:].upper()) if path.suffix else False
-    if not fmt:
-        raise UserError(f"{path}: unknown audio format {path.suffix!r} (use .wav, .flac or .ogg)")
-    subtype = "FLOAT" if path.suffix.lower() == ".wav" else None
+    fmt, subtype = check_audio_suffix(path)
     with atomic_path(path) as tmp:
-        sf.write(tmp, np.asarray(audio, dtype=np.float32), sample_rate, subtype=subtype,
-                 format=path.suffix[1:].upper())
+        sf.write(tmp, np.asarray(audio, dtype=np.float32), sample_rate, subtype=subtype, format=fmt)
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -94,8 +94,19 @@ class NeuralPGVocoder:
         """Stream frames through the network: ``(n_mels, k)`` → ``(log_mag, dm, dn)``,
         each ``(F, k)`` float64 numpy, delayed by the network's look-ahead."""
         x = torch.as_tensor(np.asarray(log_mel, dtype=np.float32), device=self.device)[None]
-        lm, dm, dn = self.net.stream(x)
+        lm, dm, dn = self.net.stream(x, self._prior([log_mel], log_mel.shape[1]))
         return _numpy(lm[0]), _numpy(dm[0]), _numpy(dn[0])
+
+    def _prior(self, log_mels: list[np.ndarray], t_max: int) -> torch.Tensor | None:
+        """The network's Δm prior for each mel, zero-padded to ``t_max`` frames
+        (zero is the standardised padding the offline forward uses):
+        ``(B, F, t_max)`` float32, or None for a network without one."""
+        if not self.net.uses_prior:
+            return None
+        out = np.zeros((len(log_mels), self.cfg.n_bins, t_max), dtype=np.float32)
+        for i, m in enumerate(log_mels):
+            out[i, :, :m.shape[1]] = self.net.prior(m, self.cfg)
+        return torch.as_tensor(out, device=self.device)
 
     def process(self, log_mel: np.ndarray) -> np.ndarray:
         """log_mel ``(n_mels, k)`` → audio ``(k*hop,)`` float32, ``latency_samples`` late."""
@@ -152,7 +163,7 @@ class NeuralPGVocoder:
             x[i, :, :m.shape[1]] = m
         self.net.set_streaming(False)
         try:
-            lm, dm, dn = self.net(torch.as_tensor(x, device=self.device))
+            lm, dm, dn = self.net(torch.as_tensor(x, device=self.device), self._prior(log_mels, t_max))
         finally:
             self.net.set_streaming(True)
         return [(_numpy(lm[i, :, :m.shape[1]]), _numpy(dm[i, :, :m.shape[1]]), _numpy(dn[i, :, :m.shape[1]]))

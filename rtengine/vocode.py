@@ -81,3 +81,141 @@ def guard_output(audio: np.ndarray) -> np.ndarray:
     and peaks are clipped to ±1 (a vocoder fed a loud mel can overshoot)."""
     audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
     return np.clip(audio, -1.0, 1.0, out=audio)
+
+
+def read_frames(stream, n_mels: int, max_frames: int = 16):
+    """Yield log-mel frames ``(n_mels, k)`` float32 from a binary stream of raw
+    float32 values (``n_mels`` per frame, native byte order) as they arrive:
+    each read returns what the pipe holds (up to ``max_frames`` frames), so a
+    producer's frames are vocoded without waiting for more. A trailing partial
+    frame at the end of the stream is an error."""
+    size = 4 * n_mels
+    read = getattr(stream, "read1", stream.read)
+    pending = b""
+    while True:
+        data = read(size * max_frames)
+        if not data:
+            break
+        pending += data
+        whole = len(pending) - len(pending) % size
+        if whole:
+            yield np.frombuffer(pending[:whole], dtype=np.float32).reshape(-1, n_mels).T
+            pending = pending[whole:]
+    if pending:
+        raise UserError(f"standard input ended inside a frame ({len(pending)} of {size} bytes): "
+                        f"expected raw float32 frames of {n_mels} values")
+
+
+class StreamVocoder:
+    """Log-mel frames in as they come, audio out as soon as it is ready:
+    the engine's chain (mel stream source → vocoder stage) run frame-synchronously.
+
+    ``feed(frames)`` returns the audio those frames complete (the vocoder's
+    latency is removed, so the first call returns less); ``finish()`` returns
+    the rest. The concatenation is the same audio ``rtengine vocode mel.npy``
+    writes for the same frames: ``(T - 1) * hop`` samples for ``T`` frames.
+    """
+
+    def __init__(self, cfg: AudioConfig, vocoder: VocoderStage):
+        from .stages.sources import MelStreamSource
+
+        self.cfg = cfg
+        self.source = MelStreamSource("source", cfg, {"buffer_frames": 64})
+        self.engine = Engine(cfg, self.source, [vocoder])
+        self.engine.prepare(16)
+        self.latency = self.engine.latency_samples
+        self.frames = 0           # frames fed
+        self._skip = self.latency
+        self._written = 0
+
+    def _emit(self, audio: np.ndarray, limit: int | None = None) -> np.ndarray:
+        drop = min(self._skip, len(audio))
+        self._skip -= drop
+        audio = audio[drop:]
+        if limit is not None:
+            audio = audio[:max(0, limit - self._written)]
+        self._written += len(audio)
+        return guard_output(audio)
+
+    def feed(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.nan_to_num(np.asarray(frames, dtype=np.float32), nan=np.log(self.cfg.log_floor))
+        parts = []
+        for j in range(0, frames.shape[1], 16):
+            chunk = frames[:, j:j + 16]
+            self.source.push(chunk)
+            parts.append(self._emit(self.engine.render_frames(chunk.shape[1])))
+        self.frames += frames.shape[1]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def finish(self) -> np.ndarray:
+        """The tail held by the vocoder's latency (silence follows the last frame)."""
+        self.source.eof = True
+        total = max(0, (self.frames - 1) * self.cfg.hop)
+        extra = -(-max(0, total + self.latency - self.frames * self.cfg.hop) // self.cfg.hop)
+        tail = self.engine.render_frames(extra) if extra else np.zeros(0, np.float32)
+        return self._emit(tail, limit=total)
+
+
+def vocode_stdin(cfg: AudioConfig, vocoder: VocoderStage, output: str, stream=None) -> tuple[int, float]:
+    """Vocode raw float32 log-mel frames from ``stream`` (default stdin) into
+    ``output``: an audio file (written as the audio comes, renamed into place
+    at the end) or ``-`` (raw float32 samples on stdout). Returns
+    ``(frames, seconds of audio)``."""
+    import sys
+
+    stream = stream or sys.stdin.buffer
+    sv = StreamVocoder(cfg, vocoder)
+    n = 0
+    if output == "-":
+        out = sys.stdout.buffer
+        for frames in read_frames(stream, cfg.n_mels):
+            y = sv.feed(frames)
+            out.write(y.tobytes())
+            out.flush()
+            n += len(y)
+        y = sv.finish()
+        out.write(y.tobytes())
+        out.flush()
+        return sv.frames, (n + len(y)) / cfg.sample_rate
+    import soundfile as sf
+
+    from .io import atomic_path, check_audio_suffix
+
+    path = Path(output)
+    fmt, subtype = check_audio_suffix(path)
+    with atomic_path(path) as tmp:
+        with sf.SoundFile(tmp, "w", cfg.sample_rate, 1, subtype=subtype, format=fmt) as f:
+            for frames in read_frames(stream, cfg.n_mels):
+                y = sv.feed(frames)
+                f.write(y)
+                n += len(y)
+            y = sv.finish()
+            f.write(y)
+            n += len(y)
+    return sv.frames, n / cfg.sample_rate
+
+
+def play_stdin(cfg: AudioConfig, vocoder: VocoderStage, device=None, block_size: int = 256,
+               latency_ms: float | None = None, record: str | None = None, status: bool = True) -> dict:
+    """Vocode raw float32 log-mel frames from stdin to the sound card, as they
+    arrive, through the output stage's limiter; stops once the input has ended
+    and its last frame has been heard. Returns the player's statistics."""
+    from .engine.live import LivePlayer
+    from .stages.output import OutputStage
+    from .stages.sources import MelStreamSource
+
+    src = MelStreamSource("source", cfg, {"stdin": True})
+    engine = Engine(cfg, src, [vocoder, OutputStage("output", cfg)])
+    tail = -(-engine.latency_samples // cfg.hop) + 1
+    player = None
+    end = []    # the engine sample at which the last frame and its latency tail are out
+
+    def heard() -> bool:
+        if not end and src.eof and src.queued == 0 and engine.frame >= src.pushed + tail:
+            end.append(engine.frame * cfg.hop)
+        return bool(end) and player.samples_out >= end[0]
+
+    player = LivePlayer(engine, device=device, block_size=block_size, latency_ms=latency_ms,
+                        record=record, status=status, stop_when=heard)
+    src.read_stdin()
+    return player.run()

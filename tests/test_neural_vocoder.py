@@ -39,6 +39,31 @@ def tiny_model(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def tiny_prior_model(tmp_path_factory):
+    """The same with the Δm prior (PGHI's offsets of the mel inversion) as input."""
+    torch.manual_seed(0)
+    net = PGVocNet(PGVocConfig.for_audio(CFG, channels=24, layers=3, dm_prior_iter=20), CFG)
+    net.set_stats({"mel_mean": np.full(80, -4.0), "mel_std": np.full(80, 2.0),
+                   "mag_mean": np.full(513, -5.0), "mag_std": np.full(513, 2.0),
+                   "dm_std": 1.0, "dn_std": 0.5})
+    d = tmp_path_factory.mktemp("pgvoc-prior")
+    save_weights(d / "weights.pt", net, CFG)
+    return d
+
+
+def test_prior_network_streams_like_it_runs_offline(tiny_prior_model):
+    mels = [log_mel(_tone(f, s), CFG) for f, s in ((220.0, 0.5), (330.0, 0.3))]
+    voc = NeuralPGVocoder(CFG, tiny_prior_model)
+    assert voc.net.uses_prior and voc.latency_frames == 0
+    ys = voc.vocode_batch(mels)
+    for mel, y in zip(mels, ys):
+        ref = _stream(voc, mel, mel.shape[1])
+        for chunk in (1, 5):
+            assert np.max(np.abs(_stream(voc, mel, chunk) - ref)) < 1e-5, chunk
+        assert np.max(np.abs(ref[voc.latency_samples:][:len(y)] - y)) < 1e-5
+
+
 def _stream(voc, mel, chunk):
     voc.reset()
     parts = [voc.process(mel[:, i:i + chunk]) for i in range(0, mel.shape[1], chunk)]

@@ -31,9 +31,10 @@ def _randomised(net: PGVocNet, seed: int = 0) -> PGVocNet:
     return net.eval()
 
 
-def _stream(net: PGVocNet, mel: torch.Tensor, chunk: int):
+def _stream(net: PGVocNet, mel: torch.Tensor, chunk: int, prior: torch.Tensor | None = None):
     net.set_streaming(True)
-    outs = [net.stream(mel[..., i:i + chunk]) for i in range(0, mel.shape[-1], chunk)]
+    outs = [net.stream(mel[..., i:i + chunk], None if prior is None else prior[..., i:i + chunk])
+            for i in range(0, mel.shape[-1], chunk)]
     if net.lookahead:
         outs.append(net.flush_stream(mel.shape[0]))
     net.set_streaming(False)
@@ -45,6 +46,9 @@ MODEL_CONFIGS = {
     "causal-small": PGVocConfig.for_audio(A22, channels=32, layers=3),
     "lookahead-2": PGVocConfig.for_audio(A22, channels=32, layers=4, lookahead_layers=2),
     "shipped-size": PGVocConfig.for_audio(A22, channels=256, layers=5),
+    "prior-causal": PGVocConfig.for_audio(A22, channels=32, layers=3, dm_prior_iter=10),
+    "prior-lookahead-1": PGVocConfig.for_audio(A22, channels=32, layers=3, lookahead_layers=1,
+                                               dm_prior_iter=10),
 }
 
 
@@ -53,10 +57,11 @@ def test_streaming_equals_offline_for_any_chunking(name):
     torch.manual_seed(0)
     net = _randomised(PGVocNet(MODEL_CONFIGS[name], A22))
     mel = torch.randn(2, 80, 70) * 2 - 4
+    prior = torch.randn(2, 513, 70) if net.uses_prior else None
     with torch.no_grad():
-        ref = net(mel)
+        ref = net(mel, prior)
         for chunk in (1, 3, 7, 64):
-            got = _stream(net, mel, chunk)
+            got = _stream(net, mel, chunk, prior)
             for r, g in zip(ref, got):
                 assert g.shape == r.shape
                 assert torch.max(torch.abs(g - r)) < 1e-5, (name, chunk)
@@ -202,3 +207,26 @@ def test_lambda_gradient_is_finite():
     lam = lambda_from_offsets(dm, dn)
     lam.sum().backward()
     assert torch.isfinite(dm.grad).all() and torch.isfinite(dn.grad).all()
+
+
+def test_warm_start_from_a_plain_network_begins_at_its_magnitude_and_the_prior(tmp_path):
+    """A prior network warm-started from a plain one: the same magnitude, and
+    Δm equal to the prior (its correction starts at zero); Δn unchanged."""
+    from rtengine.nn.pgvoc import save_weights
+    from rtengine.train.pgvoc import warm_start
+
+    torch.manual_seed(1)
+    plain = _randomised(PGVocNet(PGVocConfig.for_audio(A22, channels=32, layers=3), A22))
+    save_weights(tmp_path / "w.pt", plain, A22)
+    net = PGVocNet(PGVocConfig.for_audio(A22, channels=32, layers=3, dm_prior_iter=10), A22).eval()
+    info = warm_start(net, tmp_path / "w.pt")
+    assert info["widened"] == ["net.0.weight"]
+    mel = torch.randn(1, 80, 30) * 2 - 4
+    prior = torch.randn(1, 513, 30)
+    with torch.no_grad():
+        lm0, dm0, dn0 = plain(mel)
+        lm, dm, dn = net(mel, prior)
+    assert torch.allclose(lm, lm0, atol=1e-5) and torch.allclose(dn, dn0, atol=1e-5)
+    assert torch.allclose(dm, prior, atol=1e-5) and not torch.allclose(dm0, prior, atol=1e-2)
+    with pytest.raises(ValueError, match="dm_prior"):
+        net(mel)

@@ -22,6 +22,9 @@ examples:
   # train the shipped live model, stop after 40 minutes, export to models/pgvoc-22k
   python tools/train_vocoder.py --manifests data/nc/manifest.jsonl data/phrases/manifest.jsonl \\
       --layers 5 --channels 256 --steps 3000 --max-minutes 40 --out models/pgvoc-22k
+  # the shipped network: PGHI's frequency offsets as a prior, warm-started from a plain network
+  python tools/train_vocoder.py --manifests data/nc/manifest.jsonl data/phrases/manifest.jsonl \
+      --layers 5 --channels 192 --dm-prior 100 --init runs/pgvoc-plain/weights.pt --out models/pgvoc-22k
   # continue the same run from runs/pgvoc/last.pt
   python tools/train_vocoder.py --manifests data/nc/manifest.jsonl --resume
   # the PG paper's network (8 x 1536) on its 44.1 kHz configuration
@@ -47,6 +50,11 @@ def parse_args(argv=None):
     p.add_argument("--lookahead-layers", type=int, default=0,
                    help="centred layers, one frame of latency each (default 0: causal)")
     p.add_argument("--paper", action="store_true", help="the PG paper's 8 x 1536 network")
+    p.add_argument("--dm-prior", type=int, default=0, metavar="ITER",
+                   help="give the network PGHI's frequency offsets of the mel inversion (ITER iterations) "
+                        "and let it predict the correction (default 0: the paper's network)")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="warm start from another network's weights.pt (matching tensors are copied)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=16, help="crops per step (per process)")
     p.add_argument("--crop", type=int, default=96, help="frames per crop (default 96)")
@@ -77,7 +85,7 @@ def main(argv=None) -> int:
     from rtengine.data.manifest import load_manifest
     from rtengine.errors import UserError
     from rtengine.nn.pgvoc import PGVocConfig, paper_config
-    from rtengine.train.features import build_cache
+    from rtengine.train.features import build_cache, dm_prior_features, pg_features
     from rtengine.train.loop import init_distributed, loop_config_from_args, resolve_device, train
     from rtengine.train.pgvoc import PGVocTask
 
@@ -94,26 +102,35 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    extractors = [pg_features] + ([dm_prior_features(args.dm_prior)] if args.dm_prior else [])
+
+    def caches(rows, progress):
+        """The features of ``rows``, one cache per extractor, merged."""
+        if not rows:
+            return None
+        paths = [r["abspath"] for r in rows]
+        cache = build_cache(paths, audio, args.cache_dir, extractors[0], progress=progress)
+        for ex in extractors[1:]:
+            cache.merge(build_cache(paths, audio, args.cache_dir, ex, progress=progress))
+        return cache
+
     # only rank 0 builds the feature caches; the others wait and then read them
     dist_info = init_distributed(resolve_device(args.device))
     t0 = time.time()
     if dist_info.main:
-        train_cache = build_cache([r["abspath"] for r in train_rows], audio, args.cache_dir,
-                                  progress=not args.no_progress)
-        val_cache = build_cache([r["abspath"] for r in val_rows], audio, args.cache_dir,
-                                progress=not args.no_progress) if val_rows else None
+        train_cache = caches(train_rows, not args.no_progress)
+        val_cache = caches(val_rows, not args.no_progress)
     if dist_info.world > 1:
         import torch.distributed as dist
 
         dist.barrier()
         if not dist_info.main:
-            train_cache = build_cache([r["abspath"] for r in train_rows], audio, args.cache_dir, progress=False)
-            val_cache = build_cache([r["abspath"] for r in val_rows], audio, args.cache_dir,
-                                    progress=False) if val_rows else None
+            train_cache, val_cache = caches(train_rows, False), caches(val_rows, False)
     feature_s = time.time() - t0
 
     net_cfg = paper_config(audio) if args.paper else PGVocConfig.for_audio(
-        audio, channels=args.channels, layers=args.layers, lookahead_layers=args.lookahead_layers)
+        audio, channels=args.channels, layers=args.layers, lookahead_layers=args.lookahead_layers,
+        dm_prior_iter=args.dm_prior)
     # H_err clips: validation notes and chords (rows with pitch labels), spread over the list
     pitched = [r for r in val_rows if r.get("labels", {}).get("pitches") and "chord" in r.get("labels", {})]
     herr_rows = [pitched[i] for i in np.linspace(0, len(pitched) - 1, min(args.herr_clips, len(pitched))).astype(int)] \
@@ -132,7 +149,7 @@ def main(argv=None) -> int:
                           f"{args.batch_size} random crops of {args.crop} frames per process")}
     task = PGVocTask(audio, net_cfg, train_cache, val_cache, crop=args.crop,
                      samples_per_epoch=max(args.batch_size * 200, 1024), seed=args.seed,
-                     val_herr=herr_rows, export_dir=args.out, card=card)
+                     val_herr=herr_rows, export_dir=args.out, card=card, init=args.init)
     loop = loop_config_from_args(args, args.run_dir)
     summary = train(task, loop)
     if dist_info.main:

@@ -123,3 +123,20 @@ class PGHIGradients:
     def flush(self):
         """Emit the frame held back for look-ahead (followed by silence)."""
         return self.process(np.zeros((self.cfg.n_bins, self.latency_frames)))
+
+
+def frequency_offsets_from_mel(log_mel: np.ndarray, cfg: AudioConfig, n_iter: int = 100) -> np.ndarray:
+    """PGHI's frequency bin offsets Δm ``(F, T)`` of the magnitude a log-mel
+    ``(n_mels, T)`` implies (non-negative mel inversion, ``n_iter`` iterations).
+
+    ``omega`` of :func:`omega_from_logmag` written as an offset from each bin's
+    centre (PG paper eq. 6), clipped to ±4 bins as the reassignment targets
+    are. Frame-local, so it streams with no latency. The neural vocoder uses
+    it as a prior: the network predicts the correction to it.
+    """
+    from .mel import mel_to_magnitude
+    from .phase_gradient import MAX_DM
+
+    s = log_magnitude(mel_to_magnitude(log_mel, cfg, n_iter))
+    dm = (cfg.n_fft / gamma(cfg)) * (cfg.n_fft / (2 * np.pi)) * freq_derivative(s)
+    return np.clip(dm, -MAX_DM, MAX_DM)

@@ -40,11 +40,13 @@ class LivePlayer:
         duration: stop after this many seconds of audio (None: until Ctrl-C).
         record: write exactly what was sent to the card to this file.
         status: print a live status line on stderr.
+        stop_when: called every 50 ms; playing stops when it returns True
+            (e.g. a stream's input has ended and been heard).
     """
 
     def __init__(self, engine: Engine, device=None, block_size: int = 256,
                  latency_ms: float | None = None, duration: float | None = None,
-                 record: str | None = None, status: bool = True, osc=None):
+                 record: str | None = None, status: bool = True, osc=None, stop_when=None):
         if block_size < 1:
             raise UserError(f"--block-size must be at least 1, got {block_size}")
         self.engine = engine
@@ -64,6 +66,7 @@ class LivePlayer:
         self.record = record
         self.status = status
         self.osc = osc
+        self.stop_when = stop_when
         self.ring = Ring(self.target + 8 * hop + self.block_size)
         self.tap = Ring(sr * 4) if record else None
         self._tap_chunks: list[np.ndarray] = []
@@ -155,6 +158,8 @@ class LivePlayer:
                 last = 0.0
                 while not self._done.is_set():
                     self._done.wait(0.05)
+                    if self.stop_when is not None and self.stop_when():
+                        self._done.set()
                     self._drain_tap()
                     now = time.monotonic()
                     if self.status and now - last >= 0.5:

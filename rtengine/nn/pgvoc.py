@@ -49,6 +49,7 @@ class PGVocConfig:
     kernel: int = 3
     lookahead_layers: int = 0
     beta: float = BETA
+    dm_prior_iter: int = 0     # > 0: Δm is a correction to PGHI's Δm (mel inversion iterations)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,7 +111,7 @@ class PGVocNet(nn.Module):
         f, c = cfg.n_bins, cfg.channels
         layers: list[nn.Module] = []
         for i in range(cfg.layers):
-            cin = cfg.n_mels if i == 0 else c
+            cin = cfg.n_mels + (f if cfg.dm_prior_iter else 0) if i == 0 else c
             cout = 3 * f if i == cfg.layers - 1 else c
             layers.append(CachedConv1d(cin, cout, cfg.kernel, lookahead=i < cfg.lookahead_layers))
             if i < cfg.layers - 1:
@@ -127,13 +128,18 @@ class PGVocNet(nn.Module):
         self.register_buffer("mag_std", torch.ones(f))
         self.register_buffer("dm_std", torch.ones(()))
         self.register_buffer("dn_std", torch.ones(()))
-        self._mel_delay: torch.Tensor | None = None
+        self._input_delay: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ stats
     def set_stats(self, stats: dict) -> None:
         """Copy training statistics (arrays or tensors keyed like the buffers)."""
         for k in ("mel_mean", "mel_std", "mag_mean", "mag_std", "dm_std", "dn_std"):
             getattr(self, k).copy_(torch.as_tensor(np.asarray(stats[k]), dtype=torch.float32))
+
+    @property
+    def net_inputs(self) -> int:
+        """Channels of the convolution stack's input."""
+        return self.cfg.n_mels + (self.cfg.n_bins if self.uses_prior else 0)
 
     @property
     def lookahead(self) -> int:
@@ -145,44 +151,71 @@ class PGVocNet(nn.Module):
         """``(B, n_mels, T)`` → standardised ``(B, n_mels, T)``."""
         return (log_mel - self.mel_mean[:, None]) / self.mel_std[:, None]
 
-    def _heads(self, h: torch.Tensor, z_mel: torch.Tensor):
-        """Conv output ``(B, 3F, T)`` and the aligned standardised mel
-        ``(B, n_mels, T)`` → ``(log_mag, dm, dn)``, each ``(B, F, T)``."""
-        f = self.cfg.n_bins
+    @property
+    def uses_prior(self) -> bool:
+        return self.cfg.dm_prior_iter > 0
+
+    def prior(self, log_mel: np.ndarray, audio: AudioConfig) -> np.ndarray | None:
+        """The Δm prior ``(F, T)`` this network expects for a log-mel
+        ``(n_mels, T)`` (numpy), or None if it takes none."""
+        if not self.uses_prior:
+            return None
+        from ..dsp.pghi import frequency_offsets_from_mel
+
+        return frequency_offsets_from_mel(log_mel, audio, self.cfg.dm_prior_iter)
+
+    def _inputs(self, log_mel: torch.Tensor, dm_prior: torch.Tensor | None) -> torch.Tensor:
+        """The convolution stack's input: the standardised mel, and the
+        standardised prior if the network takes one, ``(B, C_in, T)``."""
+        z = self._standardise(log_mel)
+        if not self.uses_prior:
+            return z
+        if dm_prior is None:
+            raise ValueError("this PG vocoder network needs dm_prior (PGVocNet.prior)")
+        return torch.cat([z, dm_prior / self.dm_std], dim=1)
+
+    def _heads(self, h: torch.Tensor, x: torch.Tensor):
+        """Conv output ``(B, 3F, T)`` and the aligned network input ``(B, C_in, T)``
+        → ``(log_mag, dm, dn)``, each ``(B, F, T)``."""
+        f, n_mels = self.cfg.n_bins, self.cfg.n_mels
         mag_raw, dm_raw, dn_raw = h[:, :f], h[:, f:2 * f], h[:, 2 * f:]
-        direct = self.warp(z_mel.transpose(1, 2)).transpose(1, 2)        # mel → linear path
+        direct = self.warp(x[:, :n_mels].transpose(1, 2)).transpose(1, 2)  # mel → linear path
         z_mag = self.squash(mag_raw + direct)                             # f_β, β = 5
         log_mag = self.mag_mean[:, None] + self.mag_std[:, None] * z_mag
-        return log_mag, self.dm_std * dm_raw, self.dn_std * dn_raw
+        dm = self.dm_std * dm_raw
+        if self.uses_prior:
+            dm = dm + self.dm_std * x[:, n_mels:]                          # correction + prior
+        return log_mag, dm, self.dn_std * dn_raw
 
-    def forward(self, log_mel: torch.Tensor):
-        """Offline. log_mel ``(B, n_mels, T)`` → ``(log_mag, dm, dn)``, each
-        ``(B, F, T)``, frame ``t`` aligned with input frame ``t``."""
-        z = self._standardise(log_mel)
-        return self._heads(self.net(z), z)
+    def forward(self, log_mel: torch.Tensor, dm_prior: torch.Tensor | None = None):
+        """Offline. log_mel ``(B, n_mels, T)`` (and the prior ``(B, F, T)`` if
+        the network takes one) → ``(log_mag, dm, dn)``, each ``(B, F, T)``,
+        frame ``t`` aligned with input frame ``t``."""
+        x = self._inputs(log_mel, dm_prior)
+        return self._heads(self.net(x), x)
 
     # ------------------------------------------------------------------ streaming
     def set_streaming(self, on: bool = True) -> None:
         """Switch every convolution to (or from) streaming and clear the caches."""
         self.net.set_streaming(on)
-        self._mel_delay = None
+        self._input_delay = None
 
     def reset_stream(self) -> None:
         self.net.reset_cache()
-        self._mel_delay = None
+        self._input_delay = None
 
-    def stream(self, log_mel: torch.Tensor):
-        """Streaming. ``k`` new frames ``(B, n_mels, k)`` → ``(log_mag, dm, dn)``,
-        each ``(B, F, k)``: output frames ``t - lookahead`` (the first
-        ``lookahead`` outputs are those of silence before the start)."""
-        z = self._standardise(log_mel)
+    def stream(self, log_mel: torch.Tensor, dm_prior: torch.Tensor | None = None):
+        """Streaming. ``k`` new frames ``(B, n_mels, k)`` (and their prior) →
+        ``(log_mag, dm, dn)``, each ``(B, F, k)``: output frames ``t - lookahead``
+        (the first ``lookahead`` outputs are those of silence before the start)."""
+        z = self._inputs(log_mel, dm_prior)
         h = self.net.stream(z)
         d = self.lookahead
         if d:   # the direct path waits for the conv stack
-            if self._mel_delay is None:
-                self._mel_delay = z.new_zeros(z.shape[0], z.shape[1], d)
-            zz = torch.cat([self._mel_delay, z], dim=-1)
-            self._mel_delay = zz[..., -d:]
+            if self._input_delay is None:
+                self._input_delay = z.new_zeros(z.shape[0], z.shape[1], d)
+            zz = torch.cat([self._input_delay, z], dim=-1)
+            self._input_delay = zz[..., -d:]
             z = zz[..., :-d]
         return self._heads(h, z)
 
@@ -191,9 +224,9 @@ class PGVocNet(nn.Module):
         ``(B, F, lookahead)`` (the offline run pads the input the same way)."""
         d = self.lookahead
         # zero *standardised* frames, as the offline forward pads after standardising
-        z = self.mel_mean.new_zeros(batch, self.cfg.n_mels, d)
+        z = self.mel_mean.new_zeros(batch, self.net_inputs, d)
         h = self.net.stream(z)
-        held = self._mel_delay if self._mel_delay is not None else z
+        held = self._input_delay if self._input_delay is not None else z
         return self._heads(h, held)
 
 

@@ -235,6 +235,11 @@ class MelStreamSource(Source):
     def queued(self) -> int:
         return self._w - self._r
 
+    @property
+    def pushed(self) -> int:
+        """Frames accepted so far."""
+        return self._w
+
     def push(self, frames: np.ndarray) -> int:
         """Queue log-mel frames ``(n_mels, k)``; returns frames accepted
         (frames that do not fit are dropped and counted)."""

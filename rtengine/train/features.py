@@ -55,6 +55,21 @@ def pg_features(x: np.ndarray, cfg: AudioConfig) -> dict:
 pg_features.version = "pg-1"  # type: ignore[attr-defined]
 
 
+def dm_prior_features(n_iter: int) -> Extractor:
+    """An extractor of the neural vocoder's Δm prior (``dm_prior`` ``(T, F)``
+    float16, :func:`rtengine.dsp.pghi.frequency_offsets_from_mel` of the
+    engine's log-mel), cached apart from :func:`pg_features` so the costly
+    reassignment features are shared by networks with and without a prior."""
+    def dm_prior(x: np.ndarray, cfg: AudioConfig) -> dict:
+        from ..dsp.mel import log_mel
+        from ..dsp.pghi import frequency_offsets_from_mel
+
+        return {"dm_prior": frequency_offsets_from_mel(log_mel(x, cfg), cfg, n_iter).T.astype(np.float16)}
+
+    dm_prior.version = f"prior-1-nnls{n_iter}"  # type: ignore[attr-defined]
+    return dm_prior
+
+
 def cache_key(paths: list[str], cfg: AudioConfig, extractor: Extractor) -> str:
     h = hashlib.sha1()
     h.update(json.dumps([sorted(paths), cfg.to_dict(), extractor.__name__,
@@ -76,6 +91,13 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return len(self.starts)
+
+    def merge(self, other: "FeatureCache") -> "FeatureCache":
+        """Add the arrays of another cache of the same clips (same frame counts)."""
+        if other.paths != self.paths or not np.array_equal(other.lengths, self.lengths):
+            raise ValueError(f"{other.folder} does not hold the clips of {self.folder}")
+        self.arrays.update(other.arrays)
+        return self
 
     def clip(self, i: int) -> dict:
         """All features of clip ``i``, each ``(T_i, D)`` (copies)."""

@@ -41,6 +41,38 @@ def feature_stats(cache: FeatureCache, max_frames: int = 200_000, seed: int = 0)
             "dn_std": float(np.sqrt((w * dn ** 2).sum() / w.sum()))}
 
 
+def warm_start(model: PGVocNet, path) -> dict:
+    """Start ``model`` from the weights of another PG vocoder network.
+
+    Tensors of equal shape are copied. If ``model`` takes the Δm prior and
+    the other network does not, its first layer's extra input channels start
+    at zero and its Δm outputs at zero, so the warm-started network begins
+    as the other one's magnitude with PGHI's Δm. Returns what was done.
+    """
+    src = torch.load(str(path), map_location="cpu", weights_only=True)
+    old = src["state_dict"]
+    new = model.state_dict()
+    first = next(k for k in new if k.endswith(".weight") and k.startswith("net."))
+    last = [k for k in new if k.startswith("net.")][-2]            # last conv weight
+    copied, widened = [], []
+    with torch.no_grad():
+        for k, v in new.items():
+            if k in old and old[k].shape == v.shape:
+                v.copy_(old[k])
+                copied.append(k)
+            elif k == first and k in old and old[k].shape[1] < v.shape[1]:
+                v.zero_()
+                v[:, :old[k].shape[1]] = old[k]
+                widened.append(k)
+        if model.uses_prior and not src["config"].get("dm_prior_iter"):
+            f = model.cfg.n_bins
+            new[last][f:2 * f].zero_()
+            new[last.replace(".weight", ".bias")][f:2 * f].zero_()
+    model.load_state_dict(new)
+    return {"from": str(path), "copied": len(copied), "widened": widened,
+            "steps_before": (src.get("extra") or {}).get("steps")}
+
+
 def batch_targets(batch: dict) -> dict:
     """Cached features ``(B, D, T)`` → loss targets (adds the linear ``mag``)."""
     return {"log_mag": batch["log_mag"], "mag": torch.exp(batch["log_mag"]),
@@ -53,7 +85,7 @@ class PGVocTask:
     def __init__(self, audio: AudioConfig, net_cfg: PGVocConfig, train_cache: FeatureCache,
                  val_cache: FeatureCache | None, crop: int = 96, samples_per_epoch: int = 8192,
                  seed: int = 0, val_herr: list[dict] | None = None, export_dir: str | None = None,
-                 card: dict | None = None):
+                 card: dict | None = None, init: str | None = None):
         self.audio = audio
         self.train_cache = train_cache
         self.val_cache = val_cache
@@ -66,6 +98,8 @@ class PGVocTask:
         self.model = PGVocNet(net_cfg, audio)
         self.stats = feature_stats(train_cache, seed=seed)
         self.model.set_stats(self.stats)
+        if init:
+            self.card["warm_start"] = warm_start(self.model, init)
         self.dct = dct_matrix(audio.n_bins)
         self._val_batches = self._fixed_val_batches() if val_cache is not None else []
 
@@ -75,7 +109,7 @@ class PGVocTask:
 
     def loss(self, model, batch):
         dct = self.dct.to(batch["log_mel"].device)
-        pred = model(batch["log_mel"])
+        pred = model(batch["log_mel"], batch.get("dm_prior"))
         return pg_loss(pred, batch_targets(batch), dct)
 
     def _fixed_val_batches(self, n_clips: int = 32, batch: int = 8) -> list[dict]:
