@@ -159,12 +159,12 @@ def bench_vocode(cfg: AudioConfig, x: np.ndarray, repeat: int) -> dict:
 def bench_models(repeat: int) -> dict:
     """The shipped models' own benchmarks (each measures itself with one torch
     thread, as the live engine runs them)."""
-    from .stages.vocoder import MODELS_DIR
+    from .stages.vocoder import MODELS_DIR, shipped_pgvoc_models
 
     res = {}
-    if (MODELS_DIR / "pgvoc-22k" / "weights.pt").exists():
+    for name in shipped_pgvoc_models():
         from .neural_vocoder import measure_performance
-        res["pgvoc-22k"] = measure_performance(MODELS_DIR / "pgvoc-22k", repeat=repeat)
+        res[name] = measure_performance(MODELS_DIR / name, repeat=repeat)
     if (MODELS_DIR / "iffar-22k" / "weights.pt").exists():
         from .stages.iffar import bench_iffar
         res["iffar-22k"] = bench_iffar()

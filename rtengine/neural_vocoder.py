@@ -30,6 +30,18 @@ from .nn.pgvoc import MAX_LOG_MAG, PGVocNet, load_weights
 WEIGHTS = "weights.pt"
 
 
+def inference_defaults(model_dir: str | Path | None) -> dict:
+    """The ``inference:`` section of a model's ``card.yaml`` (e.g.
+    ``integrator_lookahead: true`` for a model evaluated and shipped with one
+    frame of integrator look-ahead); empty if there is none."""
+    if model_dir is None or not (Path(model_dir) / "card.yaml").exists():
+        return {}
+    import yaml
+
+    card = yaml.safe_load((Path(model_dir) / "card.yaml").read_text()) or {}
+    return dict(card.get("inference") or {})
+
+
 def load_pgvoc(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[PGVocNet, AudioConfig]:
     """The network in ``model_dir/weights.pt`` and its audio config."""
     path = Path(model_dir) / WEIGHTS
@@ -53,13 +65,18 @@ class NeuralPGVocoder:
         ola: ``"auto"`` (torch overlap-add on CUDA, numpy/numba on the CPU),
             ``"numpy"`` or ``"torch"``.
         net: an already loaded :class:`PGVocNet` instead of ``model_dir``.
+        lookahead: one frame of integrator look-ahead (the next frame's bins
+            join the heap); None: the model card's ``integrator_lookahead``
+            (default false).
     """
 
     def __init__(self, cfg: AudioConfig | str, model_dir: str | Path | None = None, mode: str = "heap",
                  use_lambda: bool = False, seed: int = 0, device: str = "cpu",
                  threads: int | None = None, ola: str = "auto", net: PGVocNet | None = None,
-                 lookahead: bool = False):
+                 lookahead: bool | None = None):
         cfg = get_config(cfg)
+        if lookahead is None:
+            lookahead = bool(inference_defaults(model_dir).get("integrator_lookahead", False))
         if threads:
             torch.set_num_threads(int(threads))
         if device == "auto":
@@ -205,7 +222,7 @@ def vocode_neural(log_mel: np.ndarray, cfg: AudioConfig, model_dir: str | Path, 
 
 
 def eval_system(model_dir: str | Path, mode: str = "heap", use_lambda: bool = False,
-                lookahead: bool = False):
+                lookahead: bool | None = None):
     """A system factory for ``tools/eval_vocoder.py``: ``make(cfg)`` loads the
     model once and returns ``fn(x, log_mel, cfg) -> audio``, offline vocoding
     through the streaming object (:func:`rtengine.dsp.vocoder.run_offline`)."""
@@ -222,7 +239,8 @@ def eval_system(model_dir: str | Path, mode: str = "heap", use_lambda: bool = Fa
 
 
 def measure_performance(model_dir: str | Path, cfg: AudioConfig | str = "22k", seconds: float = 10.0,
-                        mode: str = "heap", threads: int | None = 1, repeat: int = 3) -> dict:
+                        mode: str = "heap", threads: int | None = 1, repeat: int = 3,
+                        lookahead: bool | None = None) -> dict:
     """Speed of the vocoder on :func:`rtengine.signals.test_signal`.
 
     Returns the offline real-time factor (audio seconds per second, best of
@@ -239,7 +257,7 @@ def measure_performance(model_dir: str | Path, cfg: AudioConfig | str = "22k", s
     cfg = get_config(cfg)
     x = test_signal(cfg.sample_rate, seconds)
     mel = log_mel(np.asarray(x, dtype=np.float64), cfg)
-    voc = NeuralPGVocoder(cfg, model_dir, mode=mode, threads=threads)
+    voc = NeuralPGVocoder(cfg, model_dir, mode=mode, threads=threads, lookahead=lookahead)
     run_offline(voc, mel[:, :20])                                       # warm-up (numba, torch)
     audio_s = (mel.shape[1] - 1) * cfg.hop / cfg.sample_rate
     best = float("inf")
@@ -262,6 +280,8 @@ def measure_performance(model_dir: str | Path, cfg: AudioConfig | str = "22k", s
     hop_s = cfg.hop / cfg.sample_rate
     med = float(np.median(per_frame))
     return {"signal_seconds": round(audio_s, 2), "threads": threads, "mode": mode,
+            "network_lookahead_frames": voc.net.lookahead,
+            "integrator_lookahead_frames": voc.integrator.latency_frames,
             "offline_rtf": round(audio_s / best, 1),
             "stream_us_per_frame_median": round(med * 1e6, 1),
             "stream_us_per_frame_p99": round(float(np.percentile(per_frame, 99)) * 1e6, 1),

@@ -230,3 +230,23 @@ def test_warm_start_from_a_plain_network_begins_at_its_magnitude_and_the_prior(t
     assert torch.allclose(dm, prior, atol=1e-5) and not torch.allclose(dm0, prior, atol=1e-2)
     with pytest.raises(ValueError, match="dm_prior"):
         net(mel)
+
+
+def test_warm_start_into_a_wider_network_computes_the_same_function(tmp_path):
+    from rtengine.nn.pgvoc import save_weights
+    from rtengine.train.pgvoc import warm_start
+
+    torch.manual_seed(2)
+    cfg = PGVocConfig.for_audio(A22, channels=16, layers=3, dm_prior_iter=10)
+    small = _randomised(PGVocNet(cfg, A22))
+    save_weights(tmp_path / "w.pt", small, A22)
+    wide = PGVocNet(PGVocConfig.for_audio(A22, channels=40, layers=3, dm_prior_iter=10), A22).eval()
+    info = warm_start(wide, tmp_path / "w.pt")
+    assert "net.2.weight" in info["widened"]
+    mel, prior = torch.randn(1, 80, 25) * 2 - 4, torch.randn(1, 513, 25)
+    with torch.no_grad():
+        for a, b in zip(small(mel, prior), wide(mel, prior)):
+            assert torch.allclose(a, b, atol=1e-5)
+    deeper = PGVocNet(PGVocConfig.for_audio(A22, channels=16, layers=4, dm_prior_iter=10), A22)
+    with pytest.raises(ValueError, match="same depth"):
+        warm_start(deeper, tmp_path / "w.pt")

@@ -78,24 +78,66 @@ SYSTEMS: dict[str, System] = {
 }
 
 # Trained models: models/<name>/card.yaml names a ``type``; a loader for that type
-# returns a SystemFn factory. Add one line here when a model type ships.
-MODEL_LOADERS: dict[str, Callable[[Path], Callable[[AudioConfig], SystemFn]]] = {}
+# returns a SystemFn factory (options from a ``NAME:key=value,...`` system spec).
+# Add one line here when a model type ships.
+MODEL_LOADERS: dict[str, Callable[..., Callable[[AudioConfig], SystemFn]]] = {}
 
 
-def _pgvoc_loader(model_dir: Path):
+def _pgvoc_loader(model_dir: Path, **options):
     from rtengine.neural_vocoder import eval_system
 
-    return eval_system(model_dir)
+    try:
+        return eval_system(model_dir, **options)
+    except TypeError as e:
+        raise UserError(f"{model_dir.name}: {e}") from None
 
 
 MODEL_LOADERS["pgvoc"] = _pgvoc_loader
 
 
-def resolve_system(name: str, models_dir: Path = ROOT / "models") -> System:
-    """A built-in system, or a model under ``models/<name>/``."""
-    if name in SYSTEMS:
+def _pghi_with(options: dict) -> Callable[[AudioConfig], SystemFn]:
+    def make(cfg: AudioConfig) -> SystemFn:
+        from rtengine.dsp.vocoder import PGHIVocoder, run_offline
+
+        try:
+            voc = PGHIVocoder(cfg, **options)
+        except TypeError as e:
+            raise UserError(f"pghi: {e}") from None
+
+        def run(x, logmel, cfg):
+            voc.reset()
+            return run_offline(voc, logmel)
+        return run
+    return make
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME:key=value,key=value`` (values read as YAML scalars)."""
+    import yaml
+
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"system {spec!r}: expected NAME:key=value,... (e.g. pgvoc-22k:lookahead=true)")
+        options[key.strip()] = yaml.safe_load(value)
+    return name, options
+
+
+def resolve_system(spec: str, models_dir: Path = ROOT / "models") -> System:
+    """A built-in system, a model under ``models/<name>/`` or a model folder
+    given by its path, each optionally with ``:key=value,...`` options."""
+    name, options = parse_spec(spec)
+    if name in SYSTEMS and not options:
         return SYSTEMS[name]
-    card = models_dir / name / "card.yaml"
+    if name == "pghi":
+        about = ", ".join(f"{k}={v}" for k, v in options.items())
+        return System(spec, _pghi_with(options), f"{SYSTEMS['pghi'].about}, {about}")
+    folder = models_dir / name
+    if not (folder / "card.yaml").exists() and (Path(name) / "card.yaml").exists():
+        folder = Path(name)
+    card = folder / "card.yaml"
     if card.exists():
         import yaml
 
@@ -104,9 +146,11 @@ def resolve_system(name: str, models_dir: Path = ROOT / "models") -> System:
         if kind not in MODEL_LOADERS:
             raise UserError(f"{card}: no evaluation loader for model type {kind!r} yet "
                             f"(known: {', '.join(MODEL_LOADERS) or 'none'})")
-        return System(name, MODEL_LOADERS[kind](card.parent), f"model {name} ({kind})")
+        shown = folder.resolve().relative_to(ROOT) if folder.resolve().is_relative_to(ROOT) else folder
+        about = f"model {shown} ({kind})" + "".join(f", {k}={v}" for k, v in options.items())
+        return System(spec, MODEL_LOADERS[kind](folder, **options), about)
     avail = sorted(SYSTEMS) + sorted(p.parent.name for p in models_dir.glob("*/card.yaml"))
-    raise UserError(f"unknown system {name!r}; expected one of {', '.join(avail)}")
+    raise UserError(f"unknown system {name!r}; expected one of {', '.join(avail)} or a model folder")
 
 
 # ------------------------------------------------------------------ evaluation
@@ -254,12 +298,17 @@ def figure(clips: list[dict], systems: list[str]) -> bytes:
 EPILOG = """\
 systems: pghi (model-free phase-gradient vocoder), gl32 / gl100 (Griffin-Lim on the
 mel-inverted magnitude), oracle (the reference's own STFT, inverted), or the
-name of a folder under models/ with a card.yaml.
+name of a folder under models/ with a card.yaml (or the path of one). Add
+options after a colon: pghi:nnls_iter=100, pgvoc-22k:mode=lambda,
+pgvoc-22k:lookahead=true (one frame of integrator look-ahead).
 
 examples:
   python tools/make_dataset.py --preset nc --out data/nc
   python tools/eval_vocoder.py --manifest data/nc/manifest.jsonl --split test \\
       --systems pghi gl32 gl100 oracle --out reports/eval-nc
+  # the shipped neural vocoder, causal and with one frame of integrator look-ahead
+  python tools/eval_vocoder.py --manifest data/nc/manifest.jsonl \
+      --systems pgvoc-22k pgvoc-22k:lookahead=true pghi gl32 --out reports/eval-pgvoc
   # a quick look at 10 clips
   python tools/eval_vocoder.py --manifest data/nc/manifest.jsonl --limit 10 --out /tmp/ev
 

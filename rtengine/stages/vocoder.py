@@ -65,17 +65,31 @@ def _pgvoc(name: str):
                                use_lambda=bool(options.get("use_lambda", False)), seed=seed,
                                device=str(options.get("device", "cpu")),
                                threads=options.get("threads"),
-                               lookahead=bool(options.get("lookahead", False)))
+                               lookahead=options.get("lookahead"))
     return make
 
 
-if (MODELS_DIR / "pgvoc-22k" / "weights.pt").exists():
-    register_vocoder("pgvoc-22k", _pgvoc("pgvoc-22k"), {
+def shipped_pgvoc_models() -> list[str]:
+    """Names of the PG vocoder models under ``models/`` (a ``card.yaml`` of
+    type ``pgvoc`` beside ``weights.pt``)."""
+    import yaml
+
+    names = []
+    for card in sorted(MODELS_DIR.glob("*/card.yaml")):
+        if (card.parent / "weights.pt").exists():
+            meta = yaml.safe_load(card.read_text()) or {}
+            if isinstance(meta, dict) and meta.get("type") == "pgvoc":
+                names.append(card.parent.name)
+    return names
+
+
+for _name in shipped_pgvoc_models():
+    register_vocoder(_name, _pgvoc(_name), {
         "mode": ((str,), "phase integration: heap (default) or lambda"),
         "use_lambda": ((bool,), "random phase on noise bins"),
         "device": ((str,), "cpu, cuda or auto"),
         "threads": ((int,), "torch threads (1 for live use)"),
-        "lookahead": ((bool,), "one frame of integrator look-ahead (default false)"),
+        "lookahead": ((bool,), "one frame of integrator look-ahead (default: the model card's)"),
     })
 
 

@@ -42,30 +42,40 @@ def feature_stats(cache: FeatureCache, max_frames: int = 200_000, seed: int = 0)
 
 
 def warm_start(model: PGVocNet, path) -> dict:
-    """Start ``model`` from the weights of another PG vocoder network.
+    """Start ``model`` from the weights of another PG vocoder network of the
+    same depth and kernel, computing the same function at the start.
 
-    Tensors of equal shape are copied. If ``model`` takes the Δm prior and
-    the other network does not, its first layer's extra input channels start
-    at zero and its Δm outputs at zero, so the warm-started network begins
-    as the other one's magnitude with PGHI's Δm. Returns what was done.
+    Tensors of equal shape are copied. A wider network (more channels, or the
+    Δm prior's extra input channels) gets the other's weights in the leading
+    block; the weights *reading* its new channels start at zero and those
+    computing them keep their random start, so the new units change nothing
+    until training uses them. If ``model`` takes the Δm prior and the other
+    network does not, its Δm outputs start at zero too, so it begins as the
+    other one's magnitude with PGHI's Δm. Returns what was done.
     """
     src = torch.load(str(path), map_location="cpu", weights_only=True)
     old = src["state_dict"]
     new = model.state_dict()
-    first = next(k for k in new if k.endswith(".weight") and k.startswith("net."))
-    last = [k for k in new if k.startswith("net.")][-2]            # last conv weight
     copied, widened = [], []
     with torch.no_grad():
         for k, v in new.items():
-            if k in old and old[k].shape == v.shape:
-                v.copy_(old[k])
+            if k not in old:
+                continue
+            o = old[k]
+            if o.shape == v.shape:
+                v.copy_(o)
                 copied.append(k)
-            elif k == first and k in old and old[k].shape[1] < v.shape[1]:
-                v.zero_()
-                v[:, :old[k].shape[1]] = old[k]
+            elif k.startswith("net.") and o.dim() == v.dim() and all(a <= b for a, b in zip(o.shape, v.shape)):
+                if v.dim() == 3:                       # conv weight (out, in, kernel)
+                    v[:, o.shape[1]:] = 0.0            # nothing reads the new inputs yet
+                v[tuple(slice(0, n) for n in o.shape)] = o
                 widened.append(k)
+            else:
+                raise ValueError(f"{path}: {k} has shape {tuple(o.shape)}, this network "
+                                 f"{tuple(v.shape)}: not a narrower network of the same depth")
         if model.uses_prior and not src["config"].get("dm_prior_iter"):
             f = model.cfg.n_bins
+            last = [k for k in new if k.startswith("net.")][-2]        # last conv weight
             new[last][f:2 * f].zero_()
             new[last.replace(".weight", ".bias")][f:2 * f].zero_()
     model.load_state_dict(new)
