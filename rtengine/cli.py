@@ -57,7 +57,10 @@ def cmd_vocode(args) -> int:
     from .stages.vocoder import VocoderStage
     from .vocode import Job, plan_jobs, play_stdin, vocode_file, vocode_stdin
 
+    from .stages.vocoder import DEFAULT_VOCODER
+
     cfg = get_config(args.config)
+    args.model = args.model or DEFAULT_VOCODER
     if args.play and not args.stdin:
         raise UserError("--play streams from standard input: add --stdin")
     if args.output is None and not args.play:
@@ -156,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --stdin, a file or - (raw float32 samples on stdout)")
     v.add_argument("--example", action="store_true",
                    help="vocode the built-in 10 s test signal (also written beside the output)")
-    v.add_argument("--model", default="pghi", help="vocoder model (default: pghi)")
+    v.add_argument("--model", default=None,
+                   help="vocoder: pgvoc-22k (the default: the PG vocoder network), pghi (model-free), "
+                        "or another model under models/")
     v.add_argument("--config", default="22k", help="audio config: 22k (default) or 44k")
     v.add_argument("--block-size", type=positive_int, default=None, metavar="B",
                    help="stream in host blocks of B samples, as a live engine would; "

@@ -49,6 +49,8 @@ MODEL_CONFIGS = {
     "prior-causal": PGVocConfig.for_audio(A22, channels=32, layers=3, dm_prior_iter=10),
     "prior-lookahead-1": PGVocConfig.for_audio(A22, channels=32, layers=3, lookahead_layers=1,
                                                dm_prior_iter=10),
+    "prior-refiner-lookahead-1": PGVocConfig.for_audio(A22, channels=32, layers=3, lookahead_layers=1,
+                                                       dm_prior_iter=10, refiner_channels=8),
 }
 
 
@@ -56,6 +58,8 @@ MODEL_CONFIGS = {
 def test_streaming_equals_offline_for_any_chunking(name):
     torch.manual_seed(0)
     net = _randomised(PGVocNet(MODEL_CONFIGS[name], A22))
+    if net.refiner is not None:          # its last layer starts at zero: make it count
+        torch.nn.init.normal_(net.refiner.net[-1].weight)
     mel = torch.randn(2, 80, 70) * 2 - 4
     prior = torch.randn(2, 513, 70) if net.uses_prior else None
     with torch.no_grad():
@@ -250,3 +254,36 @@ def test_warm_start_into_a_wider_network_computes_the_same_function(tmp_path):
     deeper = PGVocNet(PGVocConfig.for_audio(A22, channels=16, layers=4, dm_prior_iter=10), A22)
     with pytest.raises(ValueError, match="same depth"):
         warm_start(deeper, tmp_path / "w.pt")
+
+
+def test_refiner_is_frequency_equivariant_and_starts_at_the_prior():
+    """The refiner's correction moves with the spectrum: shifting the prior and
+    magnitude up by 7 bins shifts the correction by 7 bins (away from the edges)."""
+    from rtengine.nn.pgvoc import FrequencyRefiner
+
+    torch.manual_seed(3)
+    ref = FrequencyRefiner(8, 5)
+    prior, z = torch.randn(1, 100, 4), torch.randn(1, 100, 4)
+    assert torch.count_nonzero(ref(prior, z)) == 0            # starts as the prior alone
+    torch.nn.init.normal_(ref.net[-1].weight)
+    a = ref(prior, z)
+    b = ref(torch.roll(prior, 7, dims=1), torch.roll(z, 7, dims=1))
+    assert torch.allclose(b[:, 20:80], a[:, 13:73], atol=1e-6)
+    with pytest.raises(ValueError, match="dm_prior_iter"):
+        PGVocNet(PGVocConfig.for_audio(A22, channels=8, layers=2, refiner_channels=4), A22)
+
+
+def test_pitch_offset_loss_is_the_semitone_error():
+    from rtengine.nn.pg_losses import frequency_error_semitones
+
+    dm = torch.zeros(1, 513, 1)
+    dm_hat = torch.full((1, 513, 1), 0.1)
+    e = frequency_error_semitones(dm_hat, dm)[0, :, 0]
+    # bin 5 (107.7 Hz) + 0.1 bin: 12 log2(5.1 / 5) = 0.343 semitones; first order 0.346
+    assert abs(float(e[5]) - 12 * math.log2(5.1 / 5)) < 0.01
+    assert float(e[100]) < float(e[10]) < float(e[5])         # the lower, the larger the pitch error
+    w = torch.ones(1, 513, 1)
+    lam = torch.ones(1, 513, 1)
+    plain = loss_offsets(dm_hat, dm, dm, dm, lam, w)
+    pitch = loss_offsets(dm_hat, dm, dm, dm, lam, w, pitch=True)
+    assert abs(float(plain) - 0.01) < 1e-6 and float(pitch) > 0

@@ -53,6 +53,12 @@ def parse_args(argv=None):
     p.add_argument("--dm-prior", type=int, default=0, metavar="ITER",
                    help="give the network PGHI's frequency offsets of the mel inversion (ITER iterations) "
                         "and let it predict the correction (default 0: the paper's network)")
+    p.add_argument("--refiner", type=int, default=0, metavar="CH",
+                   help="with --dm-prior: compute the correction by a per-frame convolution across "
+                        "frequency with CH channels instead of the time convolutions (default 0: off)")
+    p.add_argument("--offset-loss", choices=["bins", "semitones"], default="bins",
+                   help="eq. 9's frequency-offset error in bins (the paper) or as a pitch error in "
+                        "semitones, which weighs low partials more (default bins)")
     p.add_argument("--init", default=None, metavar="WEIGHTS",
                    help="warm start from another network's weights.pt (matching tensors are copied)")
     p.add_argument("--steps", type=int, default=3000)
@@ -130,7 +136,7 @@ def main(argv=None) -> int:
 
     net_cfg = paper_config(audio) if args.paper else PGVocConfig.for_audio(
         audio, channels=args.channels, layers=args.layers, lookahead_layers=args.lookahead_layers,
-        dm_prior_iter=args.dm_prior)
+        dm_prior_iter=args.dm_prior, refiner_channels=args.refiner)
     # H_err clips: validation notes and chords (rows with pitch labels), spread over the list
     pitched = [r for r in val_rows if r.get("labels", {}).get("pitches") and "chord" in r.get("labels", {})]
     herr_rows = [pitched[i] for i in np.linspace(0, len(pitched) - 1, min(args.herr_clips, len(pitched))).astype(int)] \
@@ -144,12 +150,14 @@ def main(argv=None) -> int:
                      "seed": args.seed, "herr_val_clips": len(herr_rows)},
             "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)),
             "feature_seconds": round(feature_s, 1),
+            "offset_loss": args.offset_loss,
             "optimizer": (f"Adam, peak lr {args.lr:g} after {args.warmup} warm-up steps, cosine decay to "
                           f"{args.lr * 0.05:g} over {args.steps} steps, gradient clip 1.0; batch "
                           f"{args.batch_size} random crops of {args.crop} frames per process")}
     task = PGVocTask(audio, net_cfg, train_cache, val_cache, crop=args.crop,
                      samples_per_epoch=max(args.batch_size * 200, 1024), seed=args.seed,
-                     val_herr=herr_rows, export_dir=args.out, card=card, init=args.init)
+                     val_herr=herr_rows, export_dir=args.out, card=card, init=args.init,
+                     pitch_offsets=args.offset_loss == "semitones")
     loop = loop_config_from_args(args, args.run_dir)
     summary = train(task, loop)
     if dist_info.main:

@@ -11,7 +11,7 @@ Format (see ``patches/vocode.yaml``)::
     source: {type: example, seconds: 8}   # example | file | input | mel_file | mel_stream
     stages:
       - {type: mel, params: {eq: [0, 0, 0, 0, 0, 0, 0, 0]}}
-      - {type: vocoder, model: pghi, options: {mode: heap}, params: {gain: 0}}
+      - {type: vocoder, model: pgvoc-22k, params: {gain: 0}}   # model: pghi for the model-free one
     output: {gain: -3, ceiling: -1, release: 150}
     osc:
       host: 127.0.0.1
@@ -166,7 +166,7 @@ def load_patch(path: str | os.PathLike) -> Patch:
 
 def validate_patch(data, path: str | os.PathLike = "<patch>") -> Patch:
     from ..stages import SOURCE_TYPES, STAGE_TYPES, VOCODER_MODELS
-    from ..stages.vocoder import VOCODER_OPTIONS
+    from ..stages.vocoder import DEFAULT_VOCODER, VOCODER_OPTIONS
 
     path = Path(path)
     c = _Checker(path)
@@ -199,7 +199,7 @@ def validate_patch(data, path: str | os.PathLike = "<patch>") -> Patch:
             if s["name"] in ("output", "source", "patch", "panic"):
                 c.fail(f"{key}.name", f"the name {s['name']!r} is reserved")
         if t == "vocoder":
-            model = c.string(s.get("model", "pghi"), f"{key}.model", tuple(VOCODER_MODELS))
+            model = c.string(s.get("model", DEFAULT_VOCODER), f"{key}.model", tuple(VOCODER_MODELS))
             c.options(s.get("options") or {}, f"{key}.options", VOCODER_OPTIONS.get(model, {}))
         else:
             if "model" in s:
@@ -255,6 +255,7 @@ def build_engine(patch: Patch, seed: int | None = None, overrides=(), dry: bool 
     (``--set``). ``dry``: construct only, to validate (nothing is loaded)."""
     from ..engine.chain import AutomationEvent, Engine
     from ..stages import SOURCE_TYPES, STAGE_TYPES
+    from ..stages.vocoder import DEFAULT_VOCODER
 
     c = _Checker(patch.path)
     data = patch.data
@@ -276,7 +277,7 @@ def build_engine(patch: Patch, seed: int | None = None, overrides=(), dry: bool 
         try:
             if t == "vocoder":
                 st = STAGE_TYPES[t](name, cfg, s.get("options") or {}, seed,
-                                    model=s.get("model", "pghi"))
+                                    model=s.get("model", DEFAULT_VOCODER))
             else:
                 st = STAGE_TYPES[t](name, cfg, s.get("options") or {}, seed)
         except UserError as e:

@@ -50,6 +50,8 @@ class PGVocConfig:
     lookahead_layers: int = 0
     beta: float = BETA
     dm_prior_iter: int = 0     # > 0: Δm is a correction to PGHI's Δm (mel inversion iterations)
+    refiner_channels: int = 0  # > 0: the correction comes from a per-frame conv across frequency
+    refiner_kernel: int = 5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +96,35 @@ class ScaledTanh(nn.Module):
         return self.beta * torch.tanh(x / self.beta)
 
 
+class FrequencyRefiner(nn.Module):
+    """The Δm correction as a function of each bin's neighbourhood in frequency.
+
+    Per frame, 1-d convolutions *across frequency* (kernel ``kernel``, ReLU,
+    three layers) read the standardised prior Δm and the predicted
+    standardised log-magnitude and return a correction ``(B, F, T)``. The same
+    weights serve every bin, so what it learns about one pitch holds at any
+    other (the convolution stack over time maps the whole spectrum at once and
+    learns each pitch region apart, so it mis-corrects pitches it saw little
+    of). Stateless across frames: it streams exactly. The last layer starts at
+    zero, so an untrained refiner leaves the prior as it is.
+    """
+
+    def __init__(self, channels: int, kernel: int = 5):
+        super().__init__()
+        pad = kernel // 2
+        self.net = nn.Sequential(nn.Conv1d(2, channels, kernel, padding=pad), nn.ReLU(),
+                                 nn.Conv1d(channels, channels, kernel, padding=pad), nn.ReLU(),
+                                 nn.Conv1d(channels, 1, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, prior: torch.Tensor, z_mag: torch.Tensor) -> torch.Tensor:
+        b, f, t = prior.shape
+        x = torch.stack([prior, z_mag], dim=1)                   # (B, 2, F, T)
+        x = x.permute(0, 3, 1, 2).reshape(b * t, 2, f)            # frames as the batch
+        return self.net(x).reshape(b, t, f).transpose(1, 2)
+
+
 class PGVocNet(nn.Module):
     """Log-mel ``(B, n_mels, T)`` → ``(log_mag, dm, dn)``, each ``(B, F, T)``.
 
@@ -122,6 +153,9 @@ class PGVocNet(nn.Module):
             with torch.no_grad():
                 self.warp.weight.copy_(torch.as_tensor(warp_matrix(audio), dtype=torch.float32))
         self.squash = ScaledTanh(cfg.beta)
+        self.refiner = FrequencyRefiner(cfg.refiner_channels, cfg.refiner_kernel) if cfg.refiner_channels else None
+        if self.refiner is not None and not cfg.dm_prior_iter:
+            raise ValueError("refiner_channels needs dm_prior_iter > 0 (it refines the prior)")
         self.register_buffer("mel_mean", torch.zeros(cfg.n_mels))
         self.register_buffer("mel_std", torch.ones(cfg.n_mels))
         self.register_buffer("mag_mean", torch.zeros(f))
@@ -183,7 +217,10 @@ class PGVocNet(nn.Module):
         z_mag = self.squash(mag_raw + direct)                             # f_β, β = 5
         log_mag = self.mag_mean[:, None] + self.mag_std[:, None] * z_mag
         dm = self.dm_std * dm_raw
-        if self.uses_prior:
+        if self.refiner is not None:                                       # prior + local correction
+            prior = x[:, n_mels:]
+            dm = self.dm_std * (prior + self.refiner(prior, z_mag))
+        elif self.uses_prior:
             dm = dm + self.dm_std * x[:, n_mels:]                          # correction + prior
         return log_mag, dm, self.dn_std * dn_raw
 

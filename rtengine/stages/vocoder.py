@@ -93,6 +93,11 @@ for _name in shipped_pgvoc_models():
     })
 
 
+#: the vocoder of ``rtengine vocode`` and of a vocoder stage that names none:
+#: the shipped neural PG vocoder, or the model-free one where its weights are absent
+DEFAULT_VOCODER = "pgvoc-22k" if "pgvoc-22k" in VOCODER_MODELS else "pghi"
+
+
 @register_stage("vocoder")
 class VocoderStage(Stage):
     """In: log-mel ``(n_mels, k)``; out: audio ``(k*R,)``.
@@ -103,7 +108,7 @@ class VocoderStage(Stage):
     input_type = MEL
     output_type = AUDIO
 
-    def __init__(self, name, cfg, options=None, seed=0, model: str = "pghi"):
+    def __init__(self, name, cfg, options=None, seed=0, model: str = DEFAULT_VOCODER):
         super().__init__(name, cfg, options, seed)
         if model not in VOCODER_MODELS:
             raise UserError(f"unknown vocoder model {model!r}; available: "

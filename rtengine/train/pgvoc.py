@@ -95,7 +95,7 @@ class PGVocTask:
     def __init__(self, audio: AudioConfig, net_cfg: PGVocConfig, train_cache: FeatureCache,
                  val_cache: FeatureCache | None, crop: int = 96, samples_per_epoch: int = 8192,
                  seed: int = 0, val_herr: list[dict] | None = None, export_dir: str | None = None,
-                 card: dict | None = None, init: str | None = None):
+                 card: dict | None = None, init: str | None = None, pitch_offsets: bool = False):
         self.audio = audio
         self.train_cache = train_cache
         self.val_cache = val_cache
@@ -105,6 +105,7 @@ class PGVocTask:
         self.val_herr = val_herr or []
         self.export_dir = export_dir
         self.card = card or {}
+        self.pitch_offsets = pitch_offsets
         self.model = PGVocNet(net_cfg, audio)
         self.stats = feature_stats(train_cache, seed=seed)
         self.model.set_stats(self.stats)
@@ -120,7 +121,7 @@ class PGVocTask:
     def loss(self, model, batch):
         dct = self.dct.to(batch["log_mel"].device)
         pred = model(batch["log_mel"], batch.get("dm_prior"))
-        return pg_loss(pred, batch_targets(batch), dct)
+        return pg_loss(pred, batch_targets(batch), dct, pitch_offsets=self.pitch_offsets)
 
     def _fixed_val_batches(self, n_clips: int = 32, batch: int = 8) -> list[dict]:
         c = self.val_cache
