@@ -163,3 +163,55 @@ def test_pg_training_reduces_the_loss(tone_clips, tmp_path):
     net, audio = load_pgvoc(tmp_path / "model")
     assert audio == cfg and net.cfg.channels == 32
     assert torch.allclose(net.mag_mean, task.model.mag_mean)
+
+
+def _tone_manifest(tone_clips, folder):
+    """A manifest of the tone clips: three for training, one for validation
+    (a note with pitch labels, so the H_err validation runs too)."""
+    import os
+
+    rows = []
+    for i, p in enumerate(tone_clips):
+        rows.append({"id": f"tone{i}", "path": os.path.relpath(p, folder), "split": "val" if i == 3 else "train",
+                     "duration": 1.0, "sample_rate": 22050, "preset": "tones",
+                     "labels": {"chord": "note", "pitches": [45 + 12 * (i == 3)]}})
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_train_vocoder_with_prior_runs_alone_and_under_torchrun(tone_clips, tmp_path, processes):
+    """The trainer as a user runs it, with the Δm prior and a warm start; with
+    2 processes, DDP through torchrun (gloo on the CPU): only rank 0 exports."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rtengine.neural_vocoder import load_pgvoc
+    from rtengine.nn.pgvoc import PGVocNet, save_weights
+
+    root = Path(__file__).resolve().parents[1]
+    manifest = _tone_manifest(tone_clips, tmp_path)
+    cfg = get_config("22k")
+    plain = PGVocNet(PGVocConfig.for_audio(cfg, channels=16, layers=3), cfg)
+    save_weights(tmp_path / "plain.pt", plain, cfg)
+    args = ["tools/train_vocoder.py", "--manifests", str(manifest), "--layers", "3", "--channels", "16",
+            "--dm-prior", "10", "--init", str(tmp_path / "plain.pt"), "--steps", "4", "--batch-size", "2",
+            "--crop", "24", "--val-every", "4", "--herr-clips", "1", "--device", "cpu", "--no-progress",
+            "--run-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "model")]
+    if processes == 1:
+        cmd = [sys.executable] + args
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] + args
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("done: 4 steps") == 1                   # rank 0 reports
+    net, audio = load_pgvoc(tmp_path / "model")
+    assert net.uses_prior and net.cfg.dm_prior_iter == 10 and audio == cfg
+    summary = json.loads((tmp_path / "model" / "train_summary.json").read_text())
+    assert summary["world_size"] == processes and summary["warm_start"]["widened"] == ["net.0.weight"]
+    assert np.isfinite(summary["val"]["val_herr"])
