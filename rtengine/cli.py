@@ -146,12 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "vocode", help="turn audio (via its mel) or mel files into audio",
         description="Vocode audio files (analysed to log-mel first), .npy log-mels "
-                    "(n_mels, frames), or directories of them. The model-free vocoder "
-                    "'pghi' inverts the mel filterbank, estimates the phase gradient "
-                    "from the log-magnitude and integrates it.",
+                    "(n_mels, frames), or directories of them, or a stream of raw float32 "
+                    "log-mel frames on stdin. The default vocoder, pgvoc-22k, is the PG "
+                    "vocoder network: it predicts the magnitude and the phase gradient from "
+                    "the mel and integrates the gradient into phase. 'pghi' is the "
+                    "model-free vocoder: it inverts the mel filterbank and estimates the "
+                    "phase gradient from the log-magnitude.",
         epilog="examples:\n  rtengine vocode --example -o example.wav\n"
                "  rtengine vocode in.wav -o out.wav --block-size 64\n"
-               "  rtengine vocode mels/ -o wavs/ --mode lambda",
+               "  rtengine vocode mels/ -o wavs/ --model pghi\n"
+               "  other_model | rtengine vocode --stdin -o out.wav     80 float32 per frame, any rate\n"
+               "  other_model | rtengine vocode --stdin --play         to the sound card as frames arrive\n"
+               "\nThe mel convention (what another model must produce) is in the README, 'Conventions'.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("inputs", nargs="*", help="audio files, .npy mels or directories")
     v.add_argument("-o", "--output", default=None,
@@ -169,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--mode", choices=["heap", "lambda"], default="heap",
                    help="phase integration: heap (default) or the PG paper's per-class lambda")
     v.add_argument("--causal", action="store_true",
-                   help="no look-ahead: backward time differences (one frame less latency)")
+                   help="pghi: no look-ahead, backward time differences (one frame less latency); "
+                        "pgvoc-22k is causal already")
     v.add_argument("--use-lambda", action="store_true",
                    help="random phase on bins the lambda test classifies as noise (heap mode)")
     v.add_argument("--seed", type=int, default=0, help="seed of the random phases")
