@@ -158,6 +158,40 @@ def _nnls_frames(mel, lo, hi, w, col_sum, row_sum, n_iter, out):
                     out[k, j] *= bty[k, j] / btbm[k, j]
 
 
+@njit(cache=True, nogil=True)
+def _nnls_one_frame(mel, lo, hi, w, col_sum, row_sum, n_iter, out):
+    """:func:`_nnls_frames` for one frame (``mel (n_mels,)`` → ``out (F,)``),
+    the live engine's case: the same operations in the same order, so the
+    same result, without the per-frame loops' overhead."""
+    n_mels = lo.shape[0]
+    n_bins = out.shape[0]
+    bty = np.zeros(n_bins)
+    btbm = np.zeros(n_bins)
+    bm = np.empty(n_mels)
+    for b in range(n_mels):
+        inv = 1.0 / row_sum[b] if row_sum[b] > 0 else 0.0
+        for k in range(lo[b], hi[b]):
+            wk = w[b, k - lo[b]]
+            bty[k] += wk * mel[b]
+            btbm[k] += wk * (mel[b] * inv)
+    for k in range(n_bins):
+        inv = 1.0 / col_sum[k] if col_sum[k] > 0 else 0.0
+        out[k] = btbm[k] * inv
+    for _ in range(n_iter):
+        for b in range(n_mels):
+            acc = 0.0
+            for k in range(lo[b], hi[b]):
+                acc += w[b, k - lo[b]] * out[k]
+            bm[b] = acc
+        btbm[:] = 0.0
+        for b in range(n_mels):
+            for k in range(lo[b], hi[b]):
+                btbm[k] += w[b, k - lo[b]] * bm[b]
+        for k in range(n_bins):
+            if btbm[k] > 0.0:
+                out[k] *= bty[k] / btbm[k]
+
+
 def mel_to_magnitude(log_mel_frames: np.ndarray, cfg: AudioConfig, n_iter: int = 30) -> np.ndarray:
     """Non-negative linear magnitude whose mel projection best matches a log-mel.
 
@@ -168,7 +202,10 @@ def mel_to_magnitude(log_mel_frames: np.ndarray, cfg: AudioConfig, n_iter: int =
     basis = mel_basis(cfg)
     mel = np.exp(np.ascontiguousarray(log_mel_frames, dtype=np.float64))
     out = np.empty((cfg.n_bins, mel.shape[1]))
-    _nnls_frames(mel, basis.lo, basis.hi, basis.w, basis.col_sum, basis.row_sum, n_iter, out)
+    if mel.shape[1] == 1:
+        _nnls_one_frame(mel[:, 0], basis.lo, basis.hi, basis.w, basis.col_sum, basis.row_sum, n_iter, out[:, 0])
+    else:
+        _nnls_frames(mel, basis.lo, basis.hi, basis.w, basis.col_sum, basis.row_sum, n_iter, out)
     return out
 
 
