@@ -273,7 +273,6 @@ def figure(clips: list[dict], systems: list[str]) -> bytes:
         ax.set_ylabel("H_err (semitones)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(ncol=len(systems), loc="upper right", fontsize="small")
         ax = axes[1, j]
         for i, s in enumerate(systems):
             vals = [_mean([k["results"][s].get(f"herr_{stat}") for k in clips
@@ -285,10 +284,12 @@ def figure(clips: list[dict], systems: list[str]) -> bytes:
                       [",".join(map(str, ivs[c])) if ivs.get(c) else c for c in chords])
         ax.set_title(f"per chord type (intervals in semitones): {stat} harmonic error")
         ax.set_ylabel("H_err (semitones)")
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.2)  # room for the legend
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(ncol=len(systems), loc="upper right", fontsize="small")
-    fig.tight_layout()
+    # one legend for all four panels, below them (ten systems do not fit inside one)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize="small")
+    fig.tight_layout(rect=(0, 0.04 * (1 + (len(labels) - 1) // 5), 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

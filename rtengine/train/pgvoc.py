@@ -251,5 +251,5 @@ def write_card(model_dir, info: dict, model=None, audio: AudioConfig | None = No
         "performance": performance if performance is not None else old.get("performance"),
         "notes": notes if notes is not None else old.get("notes"),
     }
-    atomic_write_text(model_dir / "card.yaml", yaml.safe_dump(card, sort_keys=False, width=100))
+    atomic_write_text(model_dir / "card.yaml", yaml.safe_dump(card, sort_keys=False, width=100, allow_unicode=True))
     return card
