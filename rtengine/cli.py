@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--config", default="22k", help="audio config: 22k (default) or 44k")
     v.add_argument("--block-size", type=positive_int, default=None, metavar="B",
                    help="stream in host blocks of B samples, as a live engine would; "
-                        "the output does not depend on B")
+                        "the output is the same for any B (up to float32 rounding with a network)")
     v.add_argument("--mode", choices=["heap", "lambda"], default="heap",
                    help="phase integration: heap (default) or the PG paper's per-class lambda")
     v.add_argument("--causal", action="store_true",

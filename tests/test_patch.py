@@ -43,7 +43,7 @@ BAD = [
     ("missing.yaml", "config: 22k\nstages: [{type: mel}, {type: vocoder}]\n", "missing key 'source'"),
     ("wrongtype.yaml", GOOD.replace("gain: 0\noutput", "gain: loud\noutput"), "stages[1].params.gain"),
     ("unknownstage.yaml", GOOD.replace("type: mel", "type: reverb"), "stages[0].type"),
-    ("unknownmodel.yaml", GOOD.replace("model: pghi", "model: wavenet"), "stages[1].model"),
+    ("unknownmodel.yaml", GOOD.replace("model: pgvoc-22k", "model: wavenet"), "stages[1].model"),
     ("badyaml.yaml", "source: {type: example\nstages: [\n", "invalid YAML"),
     ("range.yaml", GOOD.replace("gain: -3", "gain: 40"), "output.gain"),
     ("unknownparam.yaml", GOOD.replace("params:\n      gain: 0", "params:\n      gian: 0"),
@@ -90,7 +90,9 @@ def test_cli_render_default_patch_with_set_plot_and_block_size(tmp_path):
                  "--duration", "1.5", "--block-size", "4096", "--set", "output.gain=-12",
                  "--set", "mel.eq[1]=-6", "--seed", "1")
     assert r2.returncode == 0, r2.stderr
-    np.testing.assert_allclose(sf.read(tmp_path / "p.wav")[0], y, atol=1e-6)
+    # the network's float32 products are summed in another order for other
+    # block sizes: equal up to rounding (measured 2e-5 at a 0.32 peak)
+    np.testing.assert_allclose(sf.read(tmp_path / "p.wav")[0], y, atol=1e-4)
     bad = run_cli("render", "-o", out, "--set", "output.nope=1")
     assert bad.returncode == 2 and "output.nope" in bad.stderr and "Traceback" not in bad.stderr
 
