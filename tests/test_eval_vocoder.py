@@ -90,3 +90,32 @@ def test_clip_kind_follows_the_paper():
     assert tool.clip_kind({"pitches": [60, 72], "chord": "octave"}) is None
     assert tool.clip_kind({"pitches": [60, 67], "chord": "fifth"}) == "chords"
     assert tool.clip_kind({"pitches": [60, 67]}) is None  # phrases: no chord label
+
+
+def test_system_options_and_model_folders(manifest, tmp_path):
+    """``NAME:key=value`` options reach the system; a model folder works by path;
+    a wrong option or name is one clear error."""
+    tool = load_tool()
+    from rtengine.config import get_config
+    from rtengine.errors import UserError
+    from rtengine.nn.pgvoc import PGVocConfig, PGVocNet, save_weights
+
+    assert tool.parse_spec("pgvoc-22k:lookahead=true,mode=lambda") == \
+        ("pgvoc-22k", {"lookahead": True, "mode": "lambda"})
+    cfg = get_config("22k")
+    model = tmp_path / "tiny"
+    model.mkdir()
+    save_weights(model / "weights.pt", PGVocNet(PGVocConfig.for_audio(cfg, channels=8, layers=2), cfg), cfg)
+    (model / "card.yaml").write_text("type: pgvoc\n")
+    out = tmp_path / "report"
+    rc = tool.main(["--manifest", str(manifest), "--systems", "pghi", "pghi:nnls_iter=5", str(model),
+                    f"{model}:lookahead=true", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    s = json.loads((out / "results.json").read_text())["summary"]
+    assert set(s) == {"pghi", "pghi:nnls_iter=5", str(model), f"{model}:lookahead=true"}
+    # fewer mel-inverse iterations give another (here: worse) magnitude
+    assert s["pghi:nnls_iter=5"]["lsd_db"] != s["pghi"]["lsd_db"]
+    with pytest.raises(UserError, match="bogus"):
+        tool.resolve_system(f"{model}:bogus=1").make(cfg)
+    with pytest.raises(UserError, match="unknown system"):
+        tool.resolve_system("wavenet")

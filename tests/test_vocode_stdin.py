@@ -65,6 +65,7 @@ def test_stdout_streams_while_the_producer_is_still_writing(mel, tmp_path):
     assert proc.wait(60) == 0, proc.stderr.read().decode()
     y = np.frombuffer(got, dtype=np.float32)
     r = run_cli("vocode", path, "-o", tmp_path / "ref.wav")
+    assert r.returncode == 0, r.stderr
     ref, _ = sf.read(tmp_path / "ref.wav")
     # frames arrive in the chunks the pipe delivers: equal up to the network's float32 rounding
     assert len(y) == len(ref) and np.abs(y - ref).max() <= 1e-4
