@@ -150,6 +150,17 @@ def harmonic_error_partials(ref: np.ndarray, est: np.ndarray, pitches, sr: int,
     return err.reshape(len(pitches), n_harmonics, -1)
 
 
+def clip_kind(labels: dict) -> str | None:
+    """'notes' (one pitch), 'chords' (more than one pitch class, as in the paper),
+    or None (octaves, or clips without note labels)."""
+    pitches = labels.get("pitches") or []
+    if "chord" not in labels or not pitches:
+        return None
+    if len(pitches) == 1:
+        return "notes"
+    return "chords" if len({p % 12 for p in pitches}) > 1 else None
+
+
 def harmonic_error(ref: np.ndarray, est: np.ndarray, pitches, sr: int, **kw) -> np.ndarray:
     """Harmonic error per frame: eq. 13 averaged over notes and partials.
 

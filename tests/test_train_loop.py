@@ -214,4 +214,4 @@ def test_train_vocoder_with_prior_runs_alone_and_under_torchrun(tone_clips, tmp_
     assert net.uses_prior and net.cfg.dm_prior_iter == 10 and audio == cfg
     summary = json.loads((tmp_path / "model" / "train_summary.json").read_text())
     assert summary["world_size"] == processes and summary["warm_start"]["widened"] == ["net.0.weight"]
-    assert np.isfinite(summary["val"]["val_herr"])
+    assert np.isfinite(summary["val"]["val_herr"]) and summary["val"]["val_herr_notes"] == summary["val"]["val_herr"]

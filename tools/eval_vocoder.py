@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rtengine import metrics as M  # noqa: E402
+from rtengine.metrics import clip_kind  # noqa: E402,F401  (also this tool's API)
 from rtengine.config import AudioConfig, get_config  # noqa: E402
 from rtengine.data.manifest import atomic_write_bytes, atomic_write_text, load_manifest  # noqa: E402
 from rtengine.errors import UserError  # noqa: E402
@@ -154,17 +155,6 @@ def resolve_system(spec: str, models_dir: Path = ROOT / "models") -> System:
 
 
 # ------------------------------------------------------------------ evaluation
-def clip_kind(labels: dict) -> str | None:
-    """'notes' (one pitch), 'chords' (more than one pitch class, as in the paper),
-    or None (octaves, or clips without note labels)."""
-    pitches = labels.get("pitches") or []
-    if "chord" not in labels or not pitches:
-        return None
-    if len(pitches) == 1:
-        return "notes"
-    return "chords" if len({p % 12 for p in pitches}) > 1 else None
-
-
 def evaluate_clip(x: np.ndarray, y: np.ndarray, labels: dict, cfg: AudioConfig) -> dict:
     """Metrics of one reconstruction ``y`` against its reference ``x``."""
     n = min(len(x), len(y))

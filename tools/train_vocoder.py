@@ -68,7 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--herr-clips", type=int, default=8, help="validation notes/chords vocoded for H_err")
+    p.add_argument("--herr-clips", type=int, default=48,
+                   help="validation notes and chords vocoded for H_err at each validation (default 48; "
+                        "pitch error varies a lot between clips, so few clips mislead)")
     p.add_argument("--limit", type=int, default=None, help="at most N training clips per manifest")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -137,8 +139,10 @@ def main(argv=None) -> int:
     net_cfg = paper_config(audio) if args.paper else PGVocConfig.for_audio(
         audio, channels=args.channels, layers=args.layers, lookahead_layers=args.lookahead_layers,
         dm_prior_iter=args.dm_prior, refiner_channels=args.refiner)
-    # H_err clips: validation notes and chords (rows with pitch labels), spread over the list
-    pitched = [r for r in val_rows if r.get("labels", {}).get("pitches") and "chord" in r.get("labels", {})]
+    # H_err clips: validation notes and chords (as the evaluation counts them), spread over the list
+    from rtengine.metrics import clip_kind
+
+    pitched = [r for r in val_rows if clip_kind(r.get("labels", {}))]
     herr_rows = [pitched[i] for i in np.linspace(0, len(pitched) - 1, min(args.herr_clips, len(pitched))).astype(int)] \
         if pitched and args.herr_clips else []
 

@@ -163,7 +163,9 @@ class PGVocTask:
         return res
 
     def harmonic_error(self, model) -> dict:
-        """Mean H_err (semitones) of the validation notes/chords through the full vocoder."""
+        """Mean H_err (semitones) of the validation notes and chords through the
+        full vocoder: ``val_herr`` over all of them, ``val_herr_notes`` and
+        ``val_herr_chords`` apart (the evaluation's two columns)."""
         from .. import metrics
         from ..dsp.mel import log_mel
         from ..io import read_audio
@@ -172,7 +174,7 @@ class PGVocTask:
         net = model
         was_training = net.training
         voc = NeuralPGVocoder(self.audio, net=net, device=str(next(net.parameters()).device))
-        vals = []
+        vals: dict[str, list[float]] = {}
         try:
             for row in self.val_herr:
                 x = read_audio(row["abspath"], self.audio.sample_rate)
@@ -181,11 +183,17 @@ class PGVocTask:
                 h = metrics.harmonic_error(x[:n], y[:n], row["labels"]["pitches"], self.audio.sample_rate)
                 h = h[~np.isnan(h)]
                 if len(h):
-                    vals.append(float(h.mean()))
+                    kind = metrics.clip_kind(row["labels"]) or "other"
+                    vals.setdefault(kind, []).append(float(h.mean()))
         finally:
             net.set_streaming(False)
             net.train(was_training)
-        return {"val_herr": float(np.mean(vals)) if vals else float("nan")}
+        every = [v for vs in vals.values() for v in vs]
+        out = {"val_herr": float(np.mean(every)) if every else float("nan")}
+        for kind in ("notes", "chords"):
+            if vals.get(kind):
+                out[f"val_herr_{kind}"] = float(np.mean(vals[kind]))
+        return out
 
     def export(self, model, step: int, summary: dict) -> None:
         """Write the final weights (state dict + config + stats) and a run summary."""
