@@ -78,9 +78,9 @@ def cmd_vocode(args) -> int:
 
             st = play_stdin(cfg, vocoder, device=_device(args.device), block_size=args.block_size or 256,
                             record=args.output if args.output not in (None, "-") else None)
-            print(f"{st['blocks']} blocks, {st['underruns']} underruns, cpu {100 * st['cpu_load']:.1f}%, "
-                  f"latency {st['algorithmic_latency_ms']:.1f} ms algorithmic + "
-                  f"{st['buffering_latency_ms']:.1f} ms buffering (model {args.model})", file=sys.stderr)
+            from .engine.live import stats_line
+
+            print(f"{stats_line(st)} (model {args.model})", file=sys.stderr)
             return 0
         frames, seconds = vocode_stdin(cfg, vocoder, args.output)
         dt = time.perf_counter() - t0

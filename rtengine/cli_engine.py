@@ -82,7 +82,7 @@ def cmd_play(args) -> int:
     from .control.osc import OSCServer, parse_hostport
     from .control.oscquery import OSCQueryServer
     from .control.patch import save_patch
-    from .engine.live import LivePlayer, write_stats
+    from .engine.live import LivePlayer, stats_line, write_stats
 
     patch = _load(args)
     engine = _engine(args, patch)
@@ -114,9 +114,7 @@ def cmd_play(args) -> int:
             query.stop()
     if args.stats:
         write_stats(stats, args.stats)
-    print(f"{stats['blocks']} blocks, {stats['underruns']} underruns, cpu {100 * stats['cpu_load']:.1f}%, "
-          f"latency {stats['algorithmic_latency_ms']:.1f} ms algorithmic + "
-          f"{stats['buffering_latency_ms']:.1f} ms buffering", file=sys.stderr)
+    print(stats_line(stats), file=sys.stderr)
     return 0
 
 

@@ -162,36 +162,38 @@ def vocode_stdin(cfg: AudioConfig, vocoder: VocoderStage, output: str, stream=No
     at the end) or ``-`` (raw float32 samples on stdout). Returns
     ``(frames, seconds of audio)``."""
     import sys
+    from contextlib import contextmanager
 
-    stream = stream or sys.stdin.buffer
+    @contextmanager
+    def sink():
+        """A ``write(samples)`` for the output, open while the stream runs."""
+        if output == "-":
+            out = sys.stdout.buffer
+
+            def write(y):
+                out.write(y.tobytes())
+                out.flush()
+            yield write
+            return
+        import soundfile as sf
+
+        from .io import atomic_path, check_audio_suffix
+
+        fmt, subtype = check_audio_suffix(Path(output))
+        with atomic_path(output) as tmp, sf.SoundFile(tmp, "w", cfg.sample_rate, 1, subtype=subtype,
+                                                     format=fmt) as f:
+            yield f.write
+
     sv = StreamVocoder(cfg, vocoder)
     n = 0
-    if output == "-":
-        out = sys.stdout.buffer
-        for frames in read_frames(stream, cfg.n_mels):
+    with sink() as write:
+        for frames in read_frames(stream or sys.stdin.buffer, cfg.n_mels):
             y = sv.feed(frames)
-            out.write(y.tobytes())
-            out.flush()
+            write(y)
             n += len(y)
         y = sv.finish()
-        out.write(y.tobytes())
-        out.flush()
-        return sv.frames, (n + len(y)) / cfg.sample_rate
-    import soundfile as sf
-
-    from .io import atomic_path, check_audio_suffix
-
-    path = Path(output)
-    fmt, subtype = check_audio_suffix(path)
-    with atomic_path(path) as tmp:
-        with sf.SoundFile(tmp, "w", cfg.sample_rate, 1, subtype=subtype, format=fmt) as f:
-            for frames in read_frames(stream, cfg.n_mels):
-                y = sv.feed(frames)
-                f.write(y)
-                n += len(y)
-            y = sv.finish()
-            f.write(y)
-            n += len(y)
+        write(y)
+        n += len(y)
     return sv.frames, n / cfg.sample_rate
 
 

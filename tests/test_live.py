@@ -6,7 +6,6 @@ the --record tap at the right time, the echo comes back, the process survives.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess

@@ -26,30 +26,27 @@ def _tone(f0=220.0, seconds=1.0, sr=22050, n_harm=5):
     return sum(0.4 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, n_harm + 1)).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def _save_tiny(tmp_path_factory, name: str, **net):
     """A random small network with plausible statistics, saved like a shipped model."""
     torch.manual_seed(0)
-    net = PGVocNet(PGVocConfig.for_audio(CFG, channels=24, layers=3, lookahead_layers=1), CFG)
-    net.set_stats({"mel_mean": np.full(80, -4.0), "mel_std": np.full(80, 2.0),
-                   "mag_mean": np.full(513, -5.0), "mag_std": np.full(513, 2.0),
-                   "dm_std": 1.0, "dn_std": 0.5})
-    d = tmp_path_factory.mktemp("pgvoc")
-    save_weights(d / "weights.pt", net, CFG)
+    model = PGVocNet(PGVocConfig.for_audio(CFG, channels=24, layers=3, **net), CFG)
+    model.set_stats({"mel_mean": np.full(80, -4.0), "mel_std": np.full(80, 2.0),
+                     "mag_mean": np.full(513, -5.0), "mag_std": np.full(513, 2.0),
+                     "dm_std": 1.0, "dn_std": 0.5})
+    d = tmp_path_factory.mktemp(name)
+    save_weights(d / "weights.pt", model, CFG)
     return d
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return _save_tiny(tmp_path_factory, "pgvoc", lookahead_layers=1)
 
 
 @pytest.fixture(scope="module")
 def tiny_prior_model(tmp_path_factory):
     """The same with the Δm prior (PGHI's offsets of the mel inversion) as input."""
-    torch.manual_seed(0)
-    net = PGVocNet(PGVocConfig.for_audio(CFG, channels=24, layers=3, dm_prior_iter=20), CFG)
-    net.set_stats({"mel_mean": np.full(80, -4.0), "mel_std": np.full(80, 2.0),
-                   "mag_mean": np.full(513, -5.0), "mag_std": np.full(513, 2.0),
-                   "dm_std": 1.0, "dn_std": 0.5})
-    d = tmp_path_factory.mktemp("pgvoc-prior")
-    save_weights(d / "weights.pt", net, CFG)
-    return d
+    return _save_tiny(tmp_path_factory, "pgvoc-prior", dm_prior_iter=20)
 
 
 def test_prior_network_streams_like_it_runs_offline(tiny_prior_model):

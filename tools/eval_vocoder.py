@@ -40,12 +40,20 @@ class System:
     about: str
 
 
-def _pghi(cfg: AudioConfig) -> SystemFn:
-    try:
-        from rtengine.dsp.vocoder import vocode_pghi
-    except ImportError as e:
-        raise UserError(f"system 'pghi' needs rtengine.dsp.vocoder.vocode_pghi ({e})") from None
-    return lambda x, logmel, cfg: vocode_pghi(logmel, cfg)
+def _pghi_with(options: dict) -> Callable[[AudioConfig], SystemFn]:
+    def make(cfg: AudioConfig) -> SystemFn:
+        from rtengine.dsp.vocoder import PGHIVocoder, run_offline
+
+        try:
+            voc = PGHIVocoder(cfg, **options)
+        except TypeError as e:
+            raise UserError(f"pghi: {e}") from None
+
+        def run(x, logmel, cfg):
+            voc.reset()
+            return run_offline(voc, logmel)
+        return run
+    return make
 
 
 def _griffin_lim(n_iter: int) -> Callable[[AudioConfig], SystemFn]:
@@ -72,7 +80,7 @@ def _oracle(cfg: AudioConfig) -> SystemFn:
 
 
 SYSTEMS: dict[str, System] = {
-    "pghi": System("pghi", _pghi, "model-free phase-gradient heap integration (rtengine.dsp.vocoder)"),
+    "pghi": System("pghi", _pghi_with({}), "model-free phase-gradient heap integration (rtengine.dsp.vocoder)"),
     "gl32": System("gl32", _griffin_lim(32), "Griffin-Lim, 32 iterations, on the mel-inverted magnitude"),
     "gl100": System("gl100", _griffin_lim(100), "Griffin-Lim, 100 iterations, on the mel-inverted magnitude"),
     "oracle": System("oracle", _oracle, "true complex STFT -> inverse STFT (perfect reconstruction)"),
@@ -94,22 +102,6 @@ def _pgvoc_loader(model_dir: Path, **options):
 
 
 MODEL_LOADERS["pgvoc"] = _pgvoc_loader
-
-
-def _pghi_with(options: dict) -> Callable[[AudioConfig], SystemFn]:
-    def make(cfg: AudioConfig) -> SystemFn:
-        from rtengine.dsp.vocoder import PGHIVocoder, run_offline
-
-        try:
-            voc = PGHIVocoder(cfg, **options)
-        except TypeError as e:
-            raise UserError(f"pghi: {e}") from None
-
-        def run(x, logmel, cfg):
-            voc.reset()
-            return run_offline(voc, logmel)
-        return run
-    return make
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:

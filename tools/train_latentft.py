@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -277,7 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from rtengine.train.loop import init_distributed, loop_config_from_args, resolve_device, train
+    from rtengine.train.loop import (command_line, init_distributed, loop_config_from_args, resolve_device,
+                                     summary_line, train)
 
     dist_info = init_distributed(resolve_device(args.device))
     run = Path(args.run_dir)
@@ -306,8 +306,7 @@ def main(argv=None) -> int:
         for n, p in model.net.named_parameters():
             getattr(model, "ema_" + n.replace(".", "__")).copy_(p.detach())
     card = {"data": {"manifest": str(manifest), "train_clips": len(train_mels), "val_clips": len(val_mels)},
-            "command": "python " + " ".join(shlex.quote(a) for a in
-                                            [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)),
+            "command": command_line(argv),
             "arch": model.net.arch,
             "params": sum(p.numel() for p in model.net.parameters())}
     task = LatentFTTask(model, train_mels, val_mels, items=len(train_mels) * 4, seed=args.seed,
@@ -315,8 +314,7 @@ def main(argv=None) -> int:
     loop = loop_config_from_args(args, run)
     summary = train(task, loop)
     if dist_info.main:
-        print(f"done: {summary['steps']} steps in {summary['wall_s'] / 60:.1f} min; "
-              f"val {summary['val']}", flush=True)
+        print(summary_line(summary), flush=True)
     return 0
 
 

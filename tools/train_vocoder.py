@@ -7,7 +7,6 @@ vocoder task (rtengine.train.pgvoc)."""
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -94,7 +93,8 @@ def main(argv=None) -> int:
     from rtengine.errors import UserError
     from rtengine.nn.pgvoc import PGVocConfig, paper_config
     from rtengine.train.features import build_cache, dm_prior_features, pg_features
-    from rtengine.train.loop import init_distributed, loop_config_from_args, resolve_device, train
+    from rtengine.train.loop import (command_line, init_distributed, loop_config_from_args, resolve_device,
+                                     summary_line, train)
     from rtengine.train.pgvoc import PGVocTask
 
     try:
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
                      "train_frames": int(train_cache.lengths.sum()),
                      "train_minutes": round(float(train_cache.lengths.sum()) / audio.frame_rate / 60, 1),
                      "seed": args.seed, "herr_val_clips": len(herr_rows)},
-            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)),
+            "command": command_line(argv),
             "feature_seconds": round(feature_s, 1),
             "offset_loss": args.offset_loss,
             "optimizer": (f"Adam, peak lr {args.lr:g} after {args.warmup} warm-up steps, cosine decay to "
@@ -165,8 +165,7 @@ def main(argv=None) -> int:
     loop = loop_config_from_args(args, args.run_dir)
     summary = train(task, loop)
     if dist_info.main:
-        print(f"done: {summary['steps']} steps in {summary['wall_s'] / 60:.1f} min; "
-              f"val {summary['val']}", flush=True)
+        print(summary_line(summary), flush=True)
     return 0
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import AudioConfig
+from .mel import mel_to_magnitude
+from .phase_gradient import MAX_DM
 
 HANN_GAMMA = 0.25645
 
@@ -134,9 +136,6 @@ def frequency_offsets_from_mel(log_mel: np.ndarray, cfg: AudioConfig, n_iter: in
     are. Frame-local, so it streams with no latency. The neural vocoder uses
     it as a prior: the network predicts the correction to it.
     """
-    from .mel import mel_to_magnitude
-    from .phase_gradient import MAX_DM
-
     s = log_magnitude(mel_to_magnitude(log_mel, cfg, n_iter))
     dm = (cfg.n_fft / gamma(cfg)) * (cfg.n_fft / (2 * np.pi)) * freq_derivative(s)
     return np.clip(dm, -MAX_DM, MAX_DM)

@@ -223,6 +223,13 @@ class LivePlayer:
         return st
 
 
+def stats_line(stats: dict) -> str:
+    """The one-line summary ``play`` prints when it stops."""
+    return (f"{stats['blocks']} blocks, {stats['underruns']} underruns, cpu {100 * stats['cpu_load']:.1f}%, "
+            f"latency {stats['algorithmic_latency_ms']:.1f} ms algorithmic + "
+            f"{stats['buffering_latency_ms']:.1f} ms buffering")
+
+
 def write_stats(stats: dict, path) -> None:
     from ..io import atomic_path
 

@@ -67,6 +67,21 @@ _ARG_FIELDS = ("steps", "batch_size", "lr", "warmup", "val_every", "ckpt_every",
                "seed", "resume", "max_minutes", "threads")
 
 
+def command_line(argv=None) -> str:
+    """The command that is running, as a card records it: ``python SCRIPT ARGS``
+    (``argv``: the arguments given to ``main`` instead of ``sys.argv[1:]``)."""
+    import shlex
+    import sys
+
+    args = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
+    return "python " + " ".join(shlex.quote(a) for a in args)
+
+
+def summary_line(summary: dict) -> str:
+    """One line for the end of a training run."""
+    return f"done: {summary['steps']} steps in {summary['wall_s'] / 60:.1f} min; val {summary['val']}"
+
+
 def loop_config_from_args(args, run_dir, **overrides) -> "LoopConfig":
     """A :class:`LoopConfig` from a trainer's parsed arguments: the shared
     options it defines (``--steps``, ``--batch-size``, ``--lr``, ``--warmup``,

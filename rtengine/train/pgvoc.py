@@ -75,9 +75,9 @@ def warm_start(model: PGVocNet, path) -> dict:
                                  f"{tuple(v.shape)}: not a narrower network of the same depth")
         if model.uses_prior and not src["config"].get("dm_prior_iter"):
             f = model.cfg.n_bins
-            last = [k for k in new if k.startswith("net.")][-2]        # last conv weight
-            new[last][f:2 * f].zero_()
-            new[last.replace(".weight", ".bias")][f:2 * f].zero_()
+            last = f"net.{len(model.net) - 1}"                       # the output convolution
+            new[f"{last}.weight"][f:2 * f].zero_()
+            new[f"{last}.bias"][f:2 * f].zero_()
     model.load_state_dict(new)
     return {"from": str(path), "copied": len(copied), "widened": widened,
             "steps_before": (src.get("extra") or {}).get("steps")}
