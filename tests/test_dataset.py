@@ -105,6 +105,43 @@ def test_nc_render_manifest_and_pitch(nc8):
     assert info["clips"] == 8 and info["settings"]["preset"] == "nc"
 
 
+def test_pitch_bend_bytes_and_detuned_plans():
+    mid = MidiFile()
+    mid.pitch_bend(0.0, 3, 0.0)
+    mid.pitch_bend(0.1, 3, 100.0)       # +1 semitone of a ±2 semitone wheel
+    mid.pitch_bend(0.2, 3, -500.0)      # beyond the wheel: clamped
+    data = mid.to_bytes()
+    assert bytes([0xE3, 0x00, 0x40]) in data          # centre 8192
+    assert bytes([0xE3, 0x00, 0x60]) in data          # 8192 + 4096
+    assert bytes([0xE3, 0x00, 0x00]) in data          # 0
+    a = P.detune(P.plan_nc(0)[:50], 50.0, 0)
+    b = P.detune(P.plan_nc(0)[10:30], 50.0, 0)
+    cents = [c.labels["detune_cents"] for c in a]
+    assert all(abs(v) <= 50 for v in cents) and np.std(cents) > 20
+    assert [c.labels["detune_cents"] for c in b] == cents[10:30]    # per clip, not per plan
+    assert [c.split for c in a] == [c.split for c in P.plan_nc(0)[:50]]   # same splits
+    assert P.sounding_pitches({"pitches": [60, 64], "detune_cents": -25.0}) == [59.75, 63.75]
+    assert P.sounding_pitches({"pitches": [60]}) == [60.0]
+
+
+@needs_fluidsynth
+def test_detuned_render_sounds_at_its_detune(tmp_path):
+    res = make_dataset("--preset", "nc", "--limit", 6, "--detune", 50, "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = load_manifest(tmp_path / "manifest.jsonl")
+    cents = [r["labels"]["detune_cents"] for r in rows]
+    assert max(cents) - min(cents) > 20
+    for r in rows:
+        x, sr = sf.read(r["abspath"])
+        est = median_pitch(x, sr)
+        assert abs(est - P.sounding_pitches(r["labels"])[0]) < 0.1, (r["id"], est, r["labels"])
+    info = json.loads((tmp_path / "dataset.json").read_text())
+    assert info["settings"]["detune"] == 50
+    # resuming with another detune is refused
+    res = make_dataset("--preset", "nc", "--limit", 6, "--detune", 20, "--out", tmp_path)
+    assert res.returncode == 2 and "detune" in res.stderr and "Traceback" not in res.stderr
+
+
 @needs_fluidsynth
 def test_rerun_resumes_without_rendering(nc8):
     wavs = sorted(nc8.glob("audio/*/*.wav"))

@@ -124,6 +124,48 @@ def test_heterodyned_if_of_a_sine_is_its_bin_offset_and_stft_matches_engine():
     assert np.abs(y - x).max() < 1e-8
 
 
+# ------------------------------------------------------------------ note changes
+def test_per_frame_labels_are_causal_and_match_constant_labels():
+    m = tiny_model()
+    torch.manual_seed(1)
+    feats = torch.randn(1, 2 * 513, 12, dtype=torch.float64)
+    const = m(feats, torch.tensor([60]), torch.tensor([2]), sample_tf=False)["mag"]
+    per = m(feats, torch.full((1, 11), 60), torch.full((1, 11), 2), sample_tf=False)["mag"]
+    assert torch.allclose(const, per)
+    notes = torch.full((1, 11), 60)
+    notes[0, 6:] = 67                       # the label changes at predicted frame 6
+    changed = m(feats, notes, torch.full((1, 11), 2), sample_tf=False)["mag"]
+    assert torch.allclose(changed[:6], const[:6])
+    assert (changed[6:] - const[6:]).abs().amax(dim=1).min() > 1e-6
+
+
+def test_note_change_crops_label_the_first_frame_that_hears_the_new_note():
+    import sys
+    sys.path.insert(0, str(REPO / "tools"))
+    import train_iffar as T
+
+    sr = A22.sample_rate
+    t = np.arange(4 * sr) / sr
+    a = (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+    b = (0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)
+    ds = T.NoteCrops([a, b], [(69, 0), (83, 4)], 32, A22, seed=3, switch=1.0)
+    bin_b = int(round(1000.0 * A22.n_fft / sr))
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        it = ds[0]
+        assert bool(it["switched"]) and it["note"].shape == (31,)
+        k0 = int(np.argmax(it["note"].numpy() == 83))
+        assert 4 <= k0 and set(it["note"][:k0].tolist()) == {69} and set(it["note"][k0:].tolist()) == {83}
+        assert set(it["family"][k0:].tolist()) == {4}
+        X = np.abs(feat.stft(it["audio"][None].double(), A22, center=False)[0].numpy())
+        level = 20 * np.log10(X[bin_b] + 1e-12)
+        # predicted frame k is crop frame k + 2: crop frame k0 + 2 is the first
+        # to hear clip b (before it: only the cut's splatter, 40 dB lower)
+        assert level[k0 + 2] > 0 and level[k0 + 2] - level[k0 + 1] > 40, (k0, level[k0:k0 + 4])
+    plain = T.NoteCrops([a, b], [(69, 0), (83, 4)], 32, A22, seed=3, switch=0.0)[0]
+    assert not bool(plain["switched"]) and set(plain["note"].tolist()) == {69}
+
+
 # ------------------------------------------------------------------ streaming
 @pytest.mark.parametrize("guard", [False, True])
 def test_streaming_generation_equals_offline_rollout_for_a_seed(guard):

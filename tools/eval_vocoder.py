@@ -23,6 +23,7 @@ from rtengine import metrics as M  # noqa: E402
 from rtengine.metrics import clip_kind  # noqa: E402,F401  (also this tool's API)
 from rtengine.config import AudioConfig, get_config  # noqa: E402
 from rtengine.data.manifest import atomic_write_bytes, atomic_write_text, load_manifest  # noqa: E402
+from rtengine.data.presets import sounding_pitches  # noqa: E402
 from rtengine.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +156,7 @@ def evaluate_clip(x: np.ndarray, y: np.ndarray, labels: dict, cfg: AudioConfig) 
            "sc_db": M.spectral_convergence(x, y, cfg.sample_rate, cfg.n_fft, cfg.hop),
            "logmel_l1": M.log_mel_l1(x, y, cfg)}
     if "chord" in labels and labels.get("pitches"):
-        h = M.harmonic_error(x, y, labels["pitches"], cfg.sample_rate)
+        h = M.harmonic_error(x, y, sounding_pitches(labels), cfg.sample_rate)
         ok = ~np.isnan(h)
         res["herr_mean"] = float(np.mean(h[ok])) if ok.any() else None
         res["herr_max"] = float(np.max(h[ok])) if ok.any() else None

@@ -56,7 +56,7 @@ gain_db), OUT/skipped.jsonl, OUT/dataset.json (settings and totals).
 
 # settings that must match when resuming into an existing folder
 _IDENTITY = ("preset", "seed", "from_folder", "clip_seconds", "normalize", "peak_dbfs",
-             "subtype", "gain", "soundfont_name")
+             "subtype", "gain", "soundfont_name", "detune")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="WAV sample format (default PCM_16)")
     ap.add_argument("--clip-seconds", type=float, default=6.0,
                     help="clip length for --from-folder (default 6)")
+    ap.add_argument("--detune", type=float, default=0.0, metavar="CENTS",
+                    help="detune each clip by a random amount within ±CENTS (pitch wheel; the labels "
+                         "get detune_cents): training data off the semitone grid (default 0)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.out is None:
@@ -98,6 +101,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.clip_seconds <= 0:
         ap.error("--clip-seconds must be positive")
+    if not 0 <= args.detune <= 200:
+        ap.error("--detune must be between 0 and 200 cents (the pitch wheel's range)")
+    if args.detune and args.from_folder:
+        ap.error("--detune applies to the presets, not to --from-folder")
     return args
 
 
@@ -107,7 +114,8 @@ def _identity(args) -> dict:
             "clip_seconds": args.clip_seconds if args.from_folder else None,
             "normalize": args.normalize, "peak_dbfs": args.peak_dbfs, "subtype": args.subtype,
             "gain": None if args.from_folder else args.gain,
-            "soundfont_name": None if args.from_folder else Path(args.soundfont).name}
+            "soundfont_name": None if args.from_folder else Path(args.soundfont).name,
+            "detune": args.detune or None}
 
 
 def _check_resume(out: Path, ident: dict) -> dict:
@@ -145,6 +153,8 @@ def _tasks(args, done: set[str], done_sources: set[str]):
         return [("folder", f, 1) for f in files if f not in done_sources], len(files), "files"
     count = args.count or P.DEFAULT_COUNTS[args.preset]
     plan = P.PRESETS[args.preset](args.seed, count) if count else P.PRESETS[args.preset](args.seed)
+    if args.detune:
+        plan = P.detune(plan, args.detune, args.seed)
     if args.limit:
         plan = plan[:args.limit]
     todo = [c for c in plan if c.id not in done]

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rtengine.config import get_config  # noqa: E402
-from rtengine.nn.iffar import FAMILIES, IFFAR, IFFARConfig, export_state  # noqa: E402
+from rtengine.nn.iffar import FAMILIES, IFFAR, IFFARConfig, export_state, load_iffar  # noqa: E402
 from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
 from rtengine.nn.iffar_losses import LossWeights, iffar_loss  # noqa: E402
 from rtengine.train.checkpoint import load_checkpoint  # noqa: E402
@@ -77,11 +77,23 @@ def crop(x: np.ndarray, start: int, frames: int, n_fft: int, hop: int) -> np.nda
 
 class NoteCrops(torch.utils.data.Dataset):
     """Random crops of ``frames + 1`` frames (one extra for the first IF) from
-    the clips' sounding part; items ``{"audio", "note", "family"}``."""
+    the clips' sounding part; items ``{"audio", "note", "family", "switched"}``
+    with one label per predicted frame (``(frames − 1,)``).
 
-    def __init__(self, clips, labels, frames, audio, seed=0, fixed=False):
+    ``switch``: the share of crops that hold a note change. Beyond the paper,
+    so that the pitch label can steer: such a crop plays clip ``i`` until a
+    random frame ``u`` (10 ms fade-out), then clip ``j`` (another note) from
+    its onset; the label of every predicted frame that hears ``j`` is ``j``'s.
+    At the change the model sees a context of one note and the label of
+    another, and must start the new note — what a performer's note message
+    asks of it live."""
+
+    FADE_S = 0.01
+
+    def __init__(self, clips, labels, frames, audio, seed=0, fixed=False, switch=0.0, skip=4):
         self.clips, self.labels, self.frames, self.audio = clips, labels, frames, audio
         self.seed, self.epoch, self.fixed = seed, 0, fixed
+        self.switch, self.skip = switch, skip
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -89,17 +101,36 @@ class NoteCrops(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.clips)
 
-    def __getitem__(self, i):
-        x = self.clips[i]
-        total = 1 + len(x) // self.audio.hop
+    def _start(self, i, rng):
+        total = 1 + len(self.clips[i]) // self.audio.hop
         hi = max(1, min(total, int(3.4 * self.audio.frame_rate)) - self.frames)
-        if self.fixed:
-            start = (i * 37) % hi
-        else:
-            start = int(np.random.default_rng((self.seed, self.epoch, i)).integers(0, hi))
+        return (i * 37) % hi if self.fixed else int(rng.integers(0, hi))
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        x, (note, fam) = self.clips[i], self.labels[i]
+        start = self._start(i, rng)
+        notes = np.full(self.frames - 1, note)      # one per predicted frame
+        fams = np.full(self.frames - 1, fam)
+        switched = not self.fixed and self.switch > 0 and rng.random() < self.switch
+        if switched:
+            j = int(rng.integers(0, len(self.clips)))
+            if self.labels[j][0] == note:
+                j = (j + 1) % len(self.clips)
+            u = int(rng.integers(self.skip + 3, self.frames - 7))
+            cut = (start + u) * self.audio.hop
+            head = x[:cut].copy()
+            n_fade = min(len(head), int(self.FADE_S * self.audio.sample_rate))
+            head[len(head) - n_fade:] *= np.linspace(1.0, 0.0, n_fade, dtype=np.float32)
+            x = np.concatenate([head, self.clips[j]])
+            # crop frame 0 only gives frame 1 its IF, frame 1 is the first
+            # input: predicted frame k is crop frame k+2. Crop frame t hears
+            # clip j once its window reaches the cut: t ≥ u−1.
+            notes[u - 3:] = self.labels[j][0]
+            fams[u - 3:] = self.labels[j][1]
         a = crop(x, start, self.frames + 1, self.audio.n_fft, self.audio.hop)
-        note, fam = self.labels[i]
-        return {"audio": torch.from_numpy(a), "note": torch.tensor(note), "family": torch.tensor(fam)}
+        return {"audio": torch.from_numpy(a), "note": torch.from_numpy(notes),
+                "family": torch.from_numpy(fams), "switched": torch.tensor(switched)}
 
 
 def batch_features(model: IFFAR, audio_batch: torch.Tensor, gen: torch.Generator | None = None):
@@ -120,6 +151,12 @@ class IFFARTask:
                                flow_layers=args.flow_layers, flow_hidden=args.flow_hidden,
                                if_mode=args.if_mode)
         self.model = IFFAR(self.cfg, self.audio)
+        if args.init:
+            # warm start: weights and feature statistics of a trained model
+            init = load_iffar(args.init)
+            if init.cfg != self.cfg:
+                raise SystemExit(f"--init {args.init}: its config {init.cfg} differs from this run's")
+            self.model.load_state_dict(init.state_dict())
         rows = read_manifest(data, "train", args.limit)
         t0 = time.time()
         self.clips = [load_clip(data, r, self.audio.sample_rate) for r in rows]
@@ -128,7 +165,10 @@ class IFFARTask:
         self.val_clips = [load_clip(data, r, self.audio.sample_rate) for r in vrows]
         self.val_labels = [clip_labels(r) for r in vrows]
         stats_path = Path(args.run) / "stats.pt"
-        if stats_path.exists():
+        if args.init:
+            stats = {k: getattr(self.model, k).clone() for k in ("mag_mean", "mag_std", "if_median",
+                                                                    "if_mad", "mag_max")}
+        elif stats_path.exists():
             stats = torch.load(stats_path, weights_only=True)
         else:
             stats = compute_stats(self.clips[:args.stats_clips], self.audio, args.if_mode)
@@ -144,15 +184,19 @@ class IFFARTask:
         self.t0 = time.time()
 
     def train_set(self):
-        return NoteCrops(self.clips, self.labels, self.args.frames, self.audio, self.args.seed)
+        return NoteCrops(self.clips, self.labels, self.args.frames, self.audio, self.args.seed,
+                         switch=self.args.switch, skip=self.args.skip)
 
     def loss(self, model, batch):
         net = model.module if hasattr(model, "module") else model
         X, feats = batch_features(net, batch["audio"])
         note, fam = batch["note"].clone(), batch["family"].clone()
+        # label dropout per crop (not on note changes: unlabelled, a change
+        # could not be predicted), so both labelled and free continuation work
         drop = self.args.label_dropout
-        note[torch.rand(note.shape) < drop] = self.cfg.n_notes
-        fam[torch.rand(fam.shape) < drop] = self.cfg.n_families
+        keep = batch["switched"]
+        note[(torch.rand(note.shape[0]) < drop) & ~keep] = self.cfg.n_notes
+        fam[(torch.rand(fam.shape[0]) < drop) & ~keep] = self.cfg.n_families
         inputs = feats
         if self.args.self_feed > 0:
             # parallel scheduled sampling: a random share of the input frames
@@ -279,6 +323,10 @@ def main(argv=None):
     p.add_argument("--flow-layers", type=int, default=4)
     p.add_argument("--flow-hidden", type=int, default=24)
     p.add_argument("--label-dropout", type=float, default=0.3)
+    p.add_argument("--switch", type=float, default=0.0,
+                   help="share of crops with a note change inside (teaches the pitch label to steer)")
+    p.add_argument("--init", metavar="MODEL", default=None,
+                   help="start from a trained model (folder or weights.pt; same sizes), its statistics included")
     p.add_argument("--self-feed", type=float, default=0.0,
                    help="share of input frames given the model's own magnitude (scheduled sampling)")
     p.add_argument("--w-mag", type=float, default=1.0)

@@ -75,6 +75,14 @@ class MidiFile:
         self._add(t, 2, bytes([0x90 | ch, p, v]))
         self._add(t + max(dur, 0.001), 0, bytes([0x80 | ch, p, 0]))
 
+    def pitch_bend(self, t: float, channel: int, cents: float, bend_range: float = 2.0) -> None:
+        """Pitch wheel set to ``cents`` (the GM default bend range is ±2
+        semitones; ``bend_range`` says which the synthesiser uses)."""
+        ch = _check("channel", channel, 15)
+        v = int(round(8192 + 8192 * cents / (100.0 * bend_range)))
+        v = min(max(v, 0), 16383)
+        self._add(t, 1, bytes([0xE0 | ch, v & 0x7F, v >> 7]))
+
     def all_notes_off(self, t: float) -> None:
         """Controller 123 (all notes off) on every channel."""
         for ch in range(16):

@@ -315,4 +315,24 @@ def _melody(rng, key, scale, chords, beat, end, ch) -> list:
 
 
 PRESETS = {"nc": plan_nc, "notes": plan_notes, "phrases": plan_phrases}
+
+
+def detune(plan: list[ClipSpec], cents: float, seed: int) -> list[ClipSpec]:
+    """Detune each clip of a plan by a random amount, uniform in ``±cents``
+    (seeded by the clip's id, so a clip's detune does not depend on the
+    rest of the plan), through the pitch wheel. The labels keep the nominal
+    ``pitches`` and add ``detune_cents``; :func:`sounding_pitches` combines
+    them. Training data off the semitone grid keeps a model from learning
+    where equal-tempered partials lie instead of reading them from its input."""
+    for c in plan:
+        h = int.from_bytes(hashlib.sha1(f"{seed}:detune:{c.id}".encode()).digest()[:8], "big")
+        c.labels["detune_cents"] = round(cents * (2.0 * h / 2.0**64 - 1.0), 2)
+    return plan
+
+
+def sounding_pitches(labels: dict) -> list[float]:
+    """A clip's pitches as sounded: the nominal MIDI ``pitches`` plus its
+    ``detune_cents`` (fractional MIDI numbers)."""
+    d = float(labels.get("detune_cents", 0.0)) / 100.0
+    return [p + d for p in labels.get("pitches") or []]
 DEFAULT_COUNTS = {"nc": None, "notes": 3000, "phrases": 1500}

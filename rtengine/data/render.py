@@ -82,6 +82,8 @@ def batch_midi(clips: list[ClipSpec]) -> tuple[MidiFile, list[float]]:
             mid.control(t0, ch, 10, 64)    # pan centre
             mid.control(t0, ch, 91, 0)     # reverb send
             mid.control(t0, ch, 93, 0)     # chorus send
+            if "detune_cents" in c.labels:  # set for every clip of a detuned set
+                mid.pitch_bend(t0, ch, c.labels["detune_cents"])
         for t, dur, ch, pitch, vel in c.notes:
             mid.note(t0 + t, min(dur, c.duration - t), ch, pitch, vel)
         mid.all_notes_off(t0 + c.duration)

@@ -397,15 +397,19 @@ class IFFAR(nn.Module):
         return idx(note, self.cfg.n_notes), idx(family, self.cfg.n_families)
 
     def context(self, e: torch.Tensor, note: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
-        """Encoder output ``(B, C, T)`` + label embeddings → ``(B, C, T)``."""
-        return e + (self.note_emb(note) + self.family_emb(family)).unsqueeze(-1)
+        """Encoder output ``(B, C, T)`` + label embeddings → ``(B, C, T)``.
+        Labels ``(B,)`` hold for the whole sequence; ``(B, T)`` give each frame
+        its own (a note change inside a training crop)."""
+        emb = self.note_emb(note) + self.family_emb(family)
+        return e + (emb.unsqueeze(-1) if emb.dim() == 2 else emb.transpose(1, 2))
 
     # -- training: teacher forcing -------------------------------------------
     def forward(self, feats: torch.Tensor, note: torch.Tensor, family: torch.Tensor,
                 sample_tf: bool = True) -> dict:
         """Teacher-forced prediction of frames ``1..T−1`` from frames ``0..T−2``.
 
-        feats ``(B, 2F, T)``; note, family ``(B,)``. Returns (``N = B·(T−1)``):
+        feats ``(B, 2F, T)``; note, family ``(B,)``, or ``(B, T−1)``: the label
+        of each predicted frame. Returns (``N = B·(T−1)``):
         ``mag`` (N, F) predicted standardised log-magnitude, ``nll`` (N,) flow
         NLL per dimension of the true IF, ``if0`` (N, F) the flow's IF at
         temperature 0 (``z = 0``; for the audio losses, when ``sample_tf``)."""

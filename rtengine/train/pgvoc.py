@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import AudioConfig
+from ..data.presets import sounding_pitches
 from ..nn.pg_losses import dct_matrix, pg_loss
 from ..nn.pgvoc import PGVocConfig, PGVocNet, count_parameters, save_weights
 from .features import FeatureCache, FrameCropDataset
@@ -180,7 +181,7 @@ class PGVocTask:
                 x = read_audio(row["abspath"], self.audio.sample_rate)
                 y = voc.vocode_batch([log_mel(x, self.audio)])[0]
                 n = min(len(x), len(y))
-                h = metrics.harmonic_error(x[:n], y[:n], row["labels"]["pitches"], self.audio.sample_rate)
+                h = metrics.harmonic_error(x[:n], y[:n], sounding_pitches(row["labels"]), self.audio.sample_rate)
                 h = h[~np.isnan(h)]
                 if len(h):
                     kind = metrics.clip_kind(row["labels"]) or "other"
