@@ -293,12 +293,24 @@ def a_weighting_db(freqs: np.ndarray) -> np.ndarray:
 
 
 def loudness_curve(x, sr: int = 22050, n_fft: int = 1024, hop: int = 256,
-                   min_db: float = -100.0) -> np.ndarray:
-    """Loudness per frame (dB): the mean over bins of the A-weighted magnitude
-    in dB, each bin floored at ``min_db``. x: ``(L,)`` → ``(1 + L//hop,)``, at
-    ``sr/hop`` frames per second (86.13 Hz by default, the latent rate)."""
+                   min_db: float = -100.0, average: str = "db") -> np.ndarray:
+    """Loudness per frame (dB) of the A-weighted magnitude spectrum.
+
+    ``average="db"``: the mean over bins of the weighted level in dB, each bin
+    floored at ``min_db`` (the definition of Morrison et al. 2024, which the
+    LatentFT paper cites). ``average="power"``: ``10 log10`` of the mean over
+    bins of the A-weighted power (what the LatentFT authors' evaluation code
+    computes): dominated by the loudest bins, so a spectrum whose level is
+    right but whose shape is wrong does not pass for loud.
+    x: ``(L,)`` → ``(1 + L//hop,)``, at ``sr/hop`` frames per second (86.13 Hz
+    by default, the latent rate)."""
     mag = magnitude(x, sr, n_fft, hop)
     w = a_weighting_db(np.arange(mag.shape[0]) * sr / n_fft)[:, None]
+    if average == "power":
+        power = (mag ** 2 * 10 ** (w / 10)).mean(axis=0)
+        return 10 * np.log10(np.maximum(power, 10 ** (min_db / 10)))
+    if average != "db":
+        raise ValueError(f"average must be 'db' or 'power', got {average!r}")
     db = np.maximum(20 * np.log10(mag + EPS) + w, min_db)
     return db.mean(axis=0)
 
@@ -358,12 +370,13 @@ def _cosine(a, b) -> float:
 
 
 def loudness_correlation(ref, est, sr: int = 22050, band: tuple[float, float] | None = None,
-                         hop: int = 256) -> float:
-    """Pearson correlation of the two loudness curves after band-passing them to
-    ``band`` (Hz of modulation frequency, e.g. a latent band). 1 = same shape."""
+                         hop: int = 256, average: str = "db") -> float:
+    """Pearson correlation of the two loudness curves (:func:`loudness_curve`
+    with ``average``) after band-passing them to ``band`` (Hz of modulation
+    frequency, e.g. a latent band). 1 = same shape."""
     ref, est = _align(ref, est)
-    a = bandpass_descriptor(loudness_curve(ref, sr, hop=hop), sr / hop, band)
-    b = bandpass_descriptor(loudness_curve(est, sr, hop=hop), sr / hop, band)
+    a = bandpass_descriptor(loudness_curve(ref, sr, hop=hop, average=average), sr / hop, band)
+    b = bandpass_descriptor(loudness_curve(est, sr, hop=hop, average=average), sr / hop, band)
     a, b = a - a.mean(), b - b.mean()
     return _cosine(a, b)
 

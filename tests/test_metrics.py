@@ -138,3 +138,20 @@ def test_adherence_self_is_one_and_different_is_lower():
     assert M.loudness_correlation(x, 0.5 * x, SR) == pytest.approx(1.0, abs=1e-3)
     assert M.rhythm_similarity(x, y, SR, band) < 0.9
     assert M.loudness_correlation(x, y, SR, band) < 0.5
+
+
+def test_power_mean_loudness_follows_the_loudest_bins():
+    rng = np.random.default_rng(0)
+    t = np.arange(SR) / SR
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * t)
+    noise = 1e-3 * rng.standard_normal(SR)
+    quiet, louder_noise = tone + noise, tone + 10 * noise
+    db = [np.median(M.loudness_curve(v, SR)) for v in (quiet, louder_noise)]
+    pw = [np.median(M.loudness_curve(v, SR, average="power")) for v in (quiet, louder_noise)]
+    assert db[1] - db[0] > 15            # every bin counts alike: +20 dB of noise shows
+    assert abs(pw[1] - pw[0]) < 0.5      # the tone's power dominates
+    # 6 dB more of everything is 6 dB more either way
+    assert np.median(M.loudness_curve(2 * quiet, SR, average="power")) - pw[0] == pytest.approx(6.02, abs=0.05)
+    with pytest.raises(ValueError):
+        M.loudness_curve(quiet, SR, average="rms")
+

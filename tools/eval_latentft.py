@@ -6,7 +6,10 @@
    (look-ahead D, chunks of H, ring of 512 frames) keeping only that band,
    decoded, and vocoded (PGHI). Adherence to the input in that band:
    loudness-curve correlation and rhythm (beat spectrum of the onset
-   envelope, cosine), both band-passed to the band (rtengine.metrics).
+   envelope, cosine), both band-passed to the band (rtengine.metrics). The
+   loudness curve twice: the mean of A-weighted dB over bins (Morrison et
+   al., which the paper cites) and 10·log10 of the mean A-weighted power
+   (what the authors' evaluation code computes).
    Baseline "Spectrogram": the scaled log-mel itself DFT-masked along time
    with the same band (offline, two-sided, whole clip), then vocoded.
 2. Blending: pairs of clips, A keeps the slow half (< 2.7 Hz), B the fast
@@ -62,9 +65,12 @@ def spectrogram_baseline(mel: np.ndarray, masks_fn) -> np.ndarray:
     return np.maximum(unscale_mel(out.numpy()), LOG_MEL_MIN)
 
 
-def adherence(ref, est, band, sr) -> tuple[float, float]:
+def adherence(ref, est, band, sr) -> tuple[float, float, float]:
+    """(loudness correlation with the dB-mean loudness, rhythm similarity,
+    loudness correlation with the power-mean loudness of the authors' code)."""
     return (loudness_correlation(ref, est, sr, band=band),
-            rhythm_similarity(ref, est, sr, band=band))
+            rhythm_similarity(ref, est, sr, band=band),
+            loudness_correlation(ref, est, sr, band=band, average="power"))
 
 
 def operator_accuracy(model, mels, lookaheads, hop) -> dict:
@@ -137,7 +143,7 @@ def main(argv=None) -> int:
     # 1. conditional generation ------------------------------------------------
     W = model.window
     masks = torch.from_numpy(np.stack([band_mask(n, [b], 2 * W) for n, b, _ in conds]))
-    scores = {"latentft": {"loudness": [], "rhythm": []}, "spectrogram": {"loudness": [], "rhythm": []}}
+    scores = {name: {"loudness": [], "rhythm": [], "loudness_power": []} for name in ("latentft", "spectrogram")}
     per_band = {f"{n}:{b}": {"hz": hz, "latentft": [], "spectrogram": []} for n, b, hz in conds}
     for ci, (x, mel) in enumerate(zip(audio, mels)):
         T = mel.shape[1]
@@ -147,18 +153,20 @@ def main(argv=None) -> int:
         for k, (n, b, hz) in enumerate(conds):
             for name, m in (("latentft", gen[k]), ("spectrogram", base[k])):
                 y = vocode_pghi(m.astype(np.float32), cfg, length=len(x))
-                lo, rh = adherence(x, y, hz, sr)
+                lo, rh, lp = adherence(x, y, hz, sr)
                 scores[name]["loudness"].append(lo)
                 scores[name]["rhythm"].append(rh)
-                per_band[f"{n}:{b}"][name].append((lo, rh))
+                scores[name]["loudness_power"].append(lp)
+                per_band[f"{n}:{b}"][name].append((lo, rh, lp))
         print(f"clip {ci + 1}/{len(audio)} {rows[ci]['id']}: "
               f"latentft L {np.mean(scores['latentft']['loudness']):.3f} R {np.mean(scores['latentft']['rhythm']):.3f} | "
               f"spectrogram L {np.mean(scores['spectrogram']['loudness']):.3f} "
               f"R {np.mean(scores['spectrogram']['rhythm']):.3f}  ({time.time() - t0:.0f} s)", flush=True)
     gen_table = {name: {k: float(np.mean(v)) for k, v in d.items()} for name, d in scores.items()}
     band_table = {k: {"hz": [round(v["hz"][0], 3), round(v["hz"][1], 3)],
-                      **{name: {"loudness": float(np.mean([a for a, _ in v[name]])),
-                                "rhythm": float(np.mean([r for _, r in v[name]]))}
+                      **{name: {"loudness": float(np.mean([a for a, _, _ in v[name]])),
+                                "rhythm": float(np.mean([r for _, r, _ in v[name]])),
+                                "loudness_power": float(np.mean([p for _, _, p in v[name]]))}
                          for name in ("latentft", "spectrogram")}}
                   for k, v in per_band.items()}
 
@@ -166,8 +174,8 @@ def main(argv=None) -> int:
     lo_m = torch.from_numpy(band_mask(2, [0], 2 * W))[None]
     hi_m = torch.from_numpy(band_mask(2, [1], 2 * W))[None]
     lo_hz, hi_hz = band_edges_hz(2)
-    bl = {"latentft": {"A_loudness": [], "A_rhythm": [], "B_loudness": [], "B_rhythm": []},
-          "spectrogram": {"A_loudness": [], "A_rhythm": [], "B_loudness": [], "B_rhythm": []}}
+    bl = {name: {f"{s}_{m}": [] for s in "AB" for m in ("loudness", "rhythm", "loudness_power")}
+          for name in ("latentft", "spectrogram")}
     n_pairs = min(args.blend_pairs, len(audio) // 2)
     for p in range(n_pairs):
         ia, ib = 2 * p, 2 * p + 1
@@ -186,10 +194,9 @@ def main(argv=None) -> int:
             y = vocode_pghi(m.astype(np.float32), cfg, length=L)
             a = adherence(xa[:L], y, lo_hz, sr)
             b = adherence(xb[:L], y, hi_hz, sr)
-            bl[name]["A_loudness"].append(a[0])
-            bl[name]["A_rhythm"].append(a[1])
-            bl[name]["B_loudness"].append(b[0])
-            bl[name]["B_rhythm"].append(b[1])
+            for side, v in (("A", a), ("B", b)):
+                for m, val in zip(("loudness", "rhythm", "loudness_power"), v):
+                    bl[name][f"{side}_{m}"].append(val)
     blend_table = {name: {k: float(np.mean(v)) if v else None for k, v in d.items()} for name, d in bl.items()}
 
     # 3. the operator alone -------------------------------------------------------
@@ -203,9 +210,9 @@ def main(argv=None) -> int:
            "conditional": gen_table, "per_band": band_table, "blend": blend_table,
            "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}
     print("\nconditional generation (mean over 14 bands x clips)")
-    print(f"{'':14s}{'loudness':>10s}{'rhythm':>10s}")
+    print(f"{'':14s}{'loudness':>10s}{'rhythm':>10s}{'loudness (power mean)':>24s}")
     for name, d in gen_table.items():
-        print(f"{name:14s}{d['loudness']:10.3f}{d['rhythm']:10.3f}")
+        print(f"{name:14s}{d['loudness']:10.3f}{d['rhythm']:10.3f}{d['loudness_power']:24.3f}")
     print("\nblending (A: < 2.7 Hz, B: > 2.7 Hz)")
     for name, d in blend_table.items():
         print(name, {k: (round(v, 3) if v is not None else None) for k, v in d.items()})
