@@ -204,17 +204,43 @@ def tiny_weights(tmp_path_factory):
     return d
 
 
-def _engine(weights, seconds=2.0, stage_params=None, prompt="note"):
+def _engine(weights, seconds=2.0, stage_params=None, prompt="note", options=None, automation=None):
     import rtengine.stages.iffar  # noqa: F401  (registers the stage)
     from rtengine.control.patch import build_engine, validate_patch
 
     data = {"config": "22k", "seed": 3,
             "source": {"type": "silence", "seconds": seconds},
             "stages": [{"type": "iffar", "options": {"weights": str(weights), "prompt": prompt,
-                                                     "prompt_seconds": 0.3},
+                                                     "prompt_seconds": 0.3, **(options or {})},
                         "params": stage_params or {"temperature": 0.8}}],
-            "output": {"gain": 0, "ceiling": -1}}
+            "output": {"gain": 0, "ceiling": -1},
+            "automation": automation or []}
     return build_engine(validate_patch(data, "<test>"))
+
+
+def _f0(y, sr=22050):
+    import librosa
+
+    f = librosa.yin(y, fmin=80, fmax=1000, sr=sr, frame_length=2048)
+    return float(np.median(f))
+
+
+def test_retrigger_restarts_at_each_new_note(tiny_weights):
+    from rtengine.engine.render import render
+
+    auto = [{"t": 0.0, "param": "iffar.note", "value": 60}, {"t": 1.0, "param": "iffar.note", "value": 67}]
+    sr = A22.sample_rate
+    y = render(_engine(tiny_weights, 2.0, {"temperature": 0.5}, options={"retrigger": True},
+                       automation=auto), 2 * sr, block_size=256)
+    # the re-made prompt (0.3 s) plays from the change: G4, whatever the model does after it
+    lat = 512
+    seg = y[int(1.03 * sr) + lat:int(1.25 * sr) + lat]
+    assert abs(12 * np.log2(_f0(seg) / 392.0)) < 0.3
+    assert abs(12 * np.log2(_f0(y[int(0.03 * sr) + lat:int(0.25 * sr) + lat]) / 261.63)) < 0.3
+    # without retrigger the note change alone does not restart the prompt
+    y2 = render(_engine(tiny_weights, 2.0, {"temperature": 0.5}, automation=auto), 2 * sr, block_size=256)
+    assert np.abs(y2[:sr - 2 * lat] - y[:sr - 2 * lat]).max() < 1e-6   # the same until the change
+    assert np.abs(y2[int(1.03 * sr):int(1.25 * sr)] - y[int(1.03 * sr):int(1.25 * sr)]).max() > 1e-3
 
 
 def test_stage_output_does_not_depend_on_block_size(tiny_weights):

@@ -360,6 +360,8 @@ class IFFARStage(Stage):
         "play_prompt": ((bool,), "play the prompt before the continuation (default true)"),
         "phase": ((str,), "direct (φ_t = φ_{t−1} + Δφ_t, default) or heap (the engine's integrator)"),
         "level_guard": ((bool,), "cap the generated mean level at the prompt's (default false)"),
+        "retrigger": ((bool,), "with prompt 'note': a new note restarts from a prompt re-made at "
+                               "that note, as prime does (default false: the label alone steers)"),
         "threads": ((int,), "torch CPU threads while generating (default 1: one frame is "
                             "too small to share, and extra threads only contend)"),
     }
@@ -448,10 +450,15 @@ class IFFARStage(Stage):
         freeze = self.params["freeze"].frames(k)[:, 0]
         prime = self.params["prime"].frames(k)[:, 0]
         gain = self.params["gain"].frames(k)[:, 0].copy()
+        retrigger = bool(self.options.get("retrigger", False)) and self.prompt == "note"
         for j in range(k):
             high = prime[j] >= 0.5
             n = int(round(note[j]))
-            if high and not self._prime_high:
+            if retrigger and n >= 0 and n != self._prompt_pitch:
+                self._prompt_pitch = n
+                self.stream.prime(harmonic_tone(n, float(self.options.get("prompt_seconds", 0.5)),
+                                                self.cfg.sample_rate, seed=self.seed))
+            elif high and not self._prime_high:
                 if self.prompt == "note" and n >= 0 and n != self._prompt_pitch:
                     # a generated prompt follows the note: the model keeps its
                     # prompt's pitch far better than it follows the label
