@@ -139,6 +139,27 @@ def test_per_frame_labels_are_causal_and_match_constant_labels():
     assert (changed[6:] - const[6:]).abs().amax(dim=1).min() > 1e-6
 
 
+def test_frame_weights_of_the_loss():
+    from rtengine.nn.iffar_losses import LossWeights, iffar_loss
+
+    m = tiny_model()
+    torch.manual_seed(2)
+    feats = torch.randn(2, 2 * 513, 10, dtype=torch.float64)
+    out = m(feats, torch.tensor([60, 62]), torch.tensor([1, 1]), sample_tf=False)
+    w = LossWeights(mrstft=0.0, sisdr=0.0)
+    plain, _ = iffar_loss(m, out, feats, None, A22, w, skip=2)
+    ones, _ = iffar_loss(m, out, feats, None, A22, w, skip=2, frame_weight=torch.ones(2, 9))
+    assert torch.allclose(plain, ones)
+    # all the weight on one frame: the loss of that frame alone
+    fw = torch.zeros(2, 9)
+    fw[1, 5] = 1.0
+    one, terms = iffar_loss(m, out, feats, None, A22, w, skip=2, frame_weight=fw)
+    row = 9 + 5
+    tgt = feats[1, :513, 6]
+    assert torch.isclose(terms["mag"], (out["mag"][row] - tgt).abs().mean())
+    assert torch.isclose(terms["nll"], out["nll"][row])
+
+
 def test_note_change_crops_label_the_first_frame_that_hears_the_new_note():
     import sys
     sys.path.insert(0, str(REPO / "tools"))
@@ -155,6 +176,7 @@ def test_note_change_crops_label_the_first_frame_that_hears_the_new_note():
         it = ds[0]
         assert bool(it["switched"]) and it["note"].shape == (31,)
         k0 = int(np.argmax(it["note"].numpy() == 83))
+        assert int(it["switch_at"]) == k0
         assert 4 <= k0 and set(it["note"][:k0].tolist()) == {69} and set(it["note"][k0:].tolist()) == {83}
         assert set(it["family"][k0:].tolist()) == {4}
         X = np.abs(feat.stft(it["audio"][None].double(), A22, center=False)[0].numpy())
@@ -164,6 +186,7 @@ def test_note_change_crops_label_the_first_frame_that_hears_the_new_note():
         assert level[k0 + 2] > 0 and level[k0 + 2] - level[k0 + 1] > 40, (k0, level[k0:k0 + 4])
     plain = T.NoteCrops([a, b], [(69, 0), (83, 4)], 32, A22, seed=3, switch=0.0)[0]
     assert not bool(plain["switched"]) and set(plain["note"].tolist()) == {69}
+    assert int(plain["switch_at"]) == -1
 
 
 # ------------------------------------------------------------------ streaming

@@ -39,6 +39,7 @@ from rtengine.train.checkpoint import load_checkpoint  # noqa: E402
 from rtengine.train.loop import loop_config_from_args, train  # noqa: E402
 
 DITHER = 1e-6      # keeps the phase of digital silence from being a constant
+SWITCH_FRAMES = 3  # frames after a note change weighted by --switch-weight
 
 
 def read_manifest(data: Path, split: str, limit: int | None = None) -> list[dict]:
@@ -130,7 +131,8 @@ class NoteCrops(torch.utils.data.Dataset):
             fams[u - 3:] = self.labels[j][1]
         a = crop(x, start, self.frames + 1, self.audio.n_fft, self.audio.hop)
         return {"audio": torch.from_numpy(a), "note": torch.from_numpy(notes),
-                "family": torch.from_numpy(fams), "switched": torch.tensor(switched)}
+                "family": torch.from_numpy(fams), "switched": torch.tensor(switched),
+                "switch_at": torch.tensor(u - 3 if switched else -1)}
 
 
 def batch_features(model: IFFAR, audio_batch: torch.Tensor, gen: torch.Generator | None = None):
@@ -212,7 +214,15 @@ class IFFARTask:
             inputs = feats.clone()
             inputs[:, :f, 1:] = torch.where(mix, mag0, feats[:, :f, 1:])
         out = model(inputs, note, fam)
-        return iffar_loss(net, out, feats, X, self.audio, self.weights, skip=self.args.skip)
+        weight = None
+        if self.args.switch_weight != 1.0:
+            # the first frames of a new note: where the label has to do the work
+            k = torch.arange(note.shape[1])[None]
+            at = batch["switch_at"][:, None]
+            weight = torch.where((at >= 0) & (k >= at) & (k < at + SWITCH_FRAMES),
+                                 self.args.switch_weight, 1.0)
+        return iffar_loss(net, out, feats, X, self.audio, self.weights, skip=self.args.skip,
+                          frame_weight=weight)
 
     def validate(self, model, device):
         ds = NoteCrops(self.val_clips, self.val_labels, self.args.frames, self.audio, fixed=True)
@@ -325,6 +335,8 @@ def main(argv=None):
     p.add_argument("--label-dropout", type=float, default=0.3)
     p.add_argument("--switch", type=float, default=0.0,
                    help="share of crops with a note change inside (teaches the pitch label to steer)")
+    p.add_argument("--switch-weight", type=float, default=1.0,
+                   help=f"loss weight of the first {SWITCH_FRAMES} frames after a note change (default 1)")
     p.add_argument("--init", metavar="MODEL", default=None,
                    help="start from a trained model (folder or weights.pt; same sizes), its statistics included")
     p.add_argument("--self-feed", type=float, default=0.0,

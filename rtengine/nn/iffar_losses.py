@@ -79,17 +79,27 @@ def teacher_forced_audio(model, out: dict, X: torch.Tensor, audio: AudioConfig):
 
 
 def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
-               audio: AudioConfig, w: LossWeights, skip: int = 0) -> tuple[torch.Tensor, dict]:
+               audio: AudioConfig, w: LossWeights, skip: int = 0,
+               frame_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The weighted total (§3) and its terms.
 
     feats ``(B, 2F, T)`` true features; ``skip`` leading target frames of each
-    crop are left out of the frame losses (the encoder has not warmed up)."""
+    crop are left out of the frame losses (the encoder has not warmed up).
+    ``frame_weight`` ``(B, T−1)``: optional weights of the predicted frames in
+    the log-magnitude and NLL terms (a weighted mean; e.g. more weight on the
+    frames just after a note change)."""
     f = model.cfg.n_bins
     b, _, t = feats.shape
     tgt = feats[..., 1:].transpose(1, 2).reshape(-1, 2 * f)
     keep = (torch.arange(t - 1, device=feats.device) >= skip).repeat(b)
-    l_mag = log_mag_loss(out["mag"][keep], tgt[keep, :f])
-    l_nll = out["nll"][keep].mean()
+    if frame_weight is None:
+        l_mag = log_mag_loss(out["mag"][keep], tgt[keep, :f])
+        l_nll = out["nll"][keep].mean()
+    else:
+        fw = frame_weight.reshape(-1)[keep].to(out["mag"].dtype)
+        fw = fw / fw.sum()
+        l_mag = ((out["mag"][keep] - tgt[keep, :f]).abs().mean(-1) * fw).sum()
+        l_nll = (out["nll"][keep] * fw).sum()
     terms = {"mag": l_mag, "nll": l_nll}
     total = w.mag * l_mag + w.nll * l_nll
     if X is not None and "if0" in out and (w.mrstft or w.sisdr):
