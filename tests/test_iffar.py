@@ -139,6 +139,34 @@ def test_per_frame_labels_are_causal_and_match_constant_labels():
     assert (changed[6:] - const[6:]).abs().amax(dim=1).min() > 1e-6
 
 
+def test_pitch_templates_and_function_preserving_widening():
+    from rtengine.nn.iffar import pitch_templates, widen_for_template
+
+    cfg = tiny_config(pitch_template=True)
+    t = pitch_templates(cfg, A22)
+    assert t.shape == (129, 513) and float(t[128].abs().max()) == 0.0
+    binhz = A22.sample_rate / A22.n_fft
+    f0 = 440.0
+    for h in (1, 2, 3, 7):
+        b = h * f0 / binhz
+        assert t[69, int(round(b))] > 0.85                 # a bump at every harmonic of A4
+    assert t[69, int(round(1.5 * f0 / binhz))] < 1e-3      # nothing between them
+    # a model without templates, widened, computes the same; templates then change it
+    old = tiny_model()
+    new = IFFAR(cfg, A22).to(torch.float64).eval()
+    new.load_state_dict(widen_for_template(old.state_dict(), cfg))
+    torch.manual_seed(3)
+    feats = torch.randn(1, 2 * 513, 8, dtype=torch.float64)
+    a = old(feats, torch.tensor([60]), torch.tensor([1]), sample_tf=True)
+    b = new(feats, torch.tensor([60]), torch.tensor([1]), sample_tf=True)
+    assert torch.allclose(a["mag"], b["mag"]) and torch.allclose(a["if0"], b["if0"])
+    with torch.no_grad():
+        new.mag_head.conv1.weight[:, -1].normal_()
+    c = new(feats, torch.tensor([60]), torch.tensor([1]), sample_tf=False)["mag"]
+    d = new(feats, torch.tensor([67]), torch.tensor([1]), sample_tf=False)["mag"]
+    assert (c - d).abs().max() > 1e-3
+
+
 def test_frame_weights_of_the_loss():
     from rtengine.nn.iffar_losses import LossWeights, iffar_loss
 
@@ -190,11 +218,21 @@ def test_note_change_crops_label_the_first_frame_that_hears_the_new_note():
 
 
 # ------------------------------------------------------------------ streaming
-@pytest.mark.parametrize("guard", [False, True])
-def test_streaming_generation_equals_offline_rollout_for_a_seed(guard):
+@pytest.mark.parametrize("guard,template", [(False, False), (True, False), (False, True)])
+def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template):
     from rtengine.stages.iffar import IFFARStream, harmonic_tone
 
     m = tiny_model()
+    if template:
+        from rtengine.nn.iffar import widen_for_template
+
+        cfg = tiny_config(pitch_template=True)
+        mt = IFFAR(cfg, A22)
+        mt.load_state_dict(widen_for_template(m.state_dict(), cfg))
+        m = mt.to(torch.float64).eval()
+        with torch.no_grad():
+            m.mag_head.conv1.weight[:, -1].normal_(std=0.3)
+            m.flow.cond_net.weight[:, -1].normal_(std=0.3)
     prompt = harmonic_tone(57, 0.25, A22.sample_rate)
     st = IFFARStream(m, seed=7, play_prompt=False, guard=guard)
     st.prime(prompt)

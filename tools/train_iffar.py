@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rtengine.config import get_config  # noqa: E402
-from rtengine.nn.iffar import FAMILIES, IFFAR, IFFARConfig, export_state, load_iffar  # noqa: E402
+from rtengine.nn.iffar import (FAMILIES, IFFAR, IFFARConfig, export_state, load_iffar,  # noqa: E402
+                                widen_for_template)
 from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
 from rtengine.nn.iffar_losses import LossWeights, iffar_loss  # noqa: E402
 from rtengine.train.checkpoint import load_checkpoint  # noqa: E402
@@ -151,14 +152,20 @@ class IFFARTask:
         data = Path(args.data)
         self.cfg = IFFARConfig(channels=args.channels, layers=args.layers,
                                flow_layers=args.flow_layers, flow_hidden=args.flow_hidden,
-                               if_mode=args.if_mode)
+                               if_mode=args.if_mode, pitch_template=args.pitch_template)
         self.model = IFFAR(self.cfg, self.audio)
         if args.init:
             # warm start: weights and feature statistics of a trained model
             init = load_iffar(args.init)
-            if init.cfg != self.cfg:
+            state = init.state_dict()
+            if self.cfg.pitch_template and not init.cfg.pitch_template:
+                state = widen_for_template(state, self.cfg)     # function-preserving
+                init_cfg = IFFARConfig.from_dict({**init.cfg.to_dict(), "pitch_template": True})
+            else:
+                init_cfg = init.cfg
+            if init_cfg != self.cfg:
                 raise SystemExit(f"--init {args.init}: its config {init.cfg} differs from this run's")
-            self.model.load_state_dict(init.state_dict())
+            self.model.load_state_dict(state)
         rows = read_manifest(data, "train", args.limit)
         t0 = time.time()
         self.clips = [load_clip(data, r, self.audio.sample_rate) for r in rows]
@@ -335,6 +342,9 @@ def main(argv=None):
     p.add_argument("--label-dropout", type=float, default=0.3)
     p.add_argument("--switch", type=float, default=0.0,
                    help="share of crops with a note change inside (teaches the pitch label to steer)")
+    p.add_argument("--pitch-template", action="store_true",
+                   help="give MagHead and the flow the requested note's partials per bin (with --init "
+                        "from a model without: its weights are widened, function-preserving)")
     p.add_argument("--switch-weight", type=float, default=1.0,
                    help=f"loss weight of the first {SWITCH_FRAMES} frames after a note change (default 1)")
     p.add_argument("--init", metavar="MODEL", default=None,

@@ -68,6 +68,7 @@ class IFFARConfig:
     if_skip: bool = True         # ConditionalAffine base layer (μ = prev IF + Δμ)
     n_notes: int = 128
     n_families: int = len(FAMILIES)
+    pitch_template: bool = False  # beyond the paper: the note also as partials per bin
 
     @property
     def receptive_field(self) -> int:
@@ -177,16 +178,23 @@ class MagHead(nn.Module):
         super().__init__()
         self.f, self.k = cfg.n_bins, cfg.mag_channels
         self.residual = cfg.residual_mag
+        self.template = cfg.pitch_template
         self.fc1 = nn.Linear(cfg.channels, cfg.channels)
         self.fc2 = nn.Linear(cfg.channels, cfg.mag_channels * cfg.n_bins)
-        self.conv1 = nn.Conv1d(cfg.mag_channels + 1, cfg.mag_hidden, 5, padding=2)
+        self.conv1 = nn.Conv1d(cfg.mag_channels + 1 + int(cfg.pitch_template), cfg.mag_hidden, 5, padding=2)
         self.conv2 = nn.Conv1d(cfg.mag_hidden, 1, 5, padding=2)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
-    def forward(self, c: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    def forward(self, c: torch.Tensor, prev: torch.Tensor,
+                template: torch.Tensor | None = None) -> torch.Tensor:
+        """``template`` ``(N, F)``: the requested note's partials (with
+        ``pitch_template``; zeros when None)."""
         h = self.fc2(Fn.gelu(self.fc1(c))).view(-1, self.k, self.f)
-        h = torch.cat([h, prev.unsqueeze(1)], dim=1)
+        parts = [h, prev.unsqueeze(1)]
+        if self.template:
+            parts.append((template if template is not None else torch.zeros_like(prev)).unsqueeze(1))
+        h = torch.cat(parts, dim=1)
         d = self.conv2(Fn.gelu(self.conv1(h))).squeeze(1)
         return prev + d if self.residual else d
 
@@ -280,15 +288,20 @@ class IFConditionalFlow(nn.Module):
     def __init__(self, cfg: IFFARConfig):
         super().__init__()
         self.f = cfg.n_bins
+        self.template = cfg.pitch_template
         self.glob = nn.Linear(cfg.channels, cfg.cond_channels)
-        self.cond_net = nn.Conv1d(3 + cfg.cond_channels, cfg.flow_hidden, 5, padding=2)
+        self.cond_net = nn.Conv1d(3 + cfg.cond_channels + int(cfg.pitch_template), cfg.flow_hidden, 5,
+                                  padding=2)
         self.base = ConditionalAffine(cfg) if cfg.if_skip else None
         self.layers = nn.ModuleList(CouplingLayer(cfg, i % 2) for i in range(cfg.flow_layers))
 
-    def condition(self, c, mag, prev_mag, prev_if):
+    def condition(self, c, mag, prev_mag, prev_if, template=None):
         """→ condition: per-bin features ``(N, H, F)`` and ``prev_if`` ``(N, F)``."""
         g = self.glob(c).unsqueeze(-1).expand(-1, -1, self.f)
-        x = torch.cat([mag.unsqueeze(1), prev_mag.unsqueeze(1), prev_if.unsqueeze(1), g], dim=1)
+        parts = [mag.unsqueeze(1), prev_mag.unsqueeze(1), prev_if.unsqueeze(1), g]
+        if self.template:
+            parts.append((template if template is not None else torch.zeros_like(mag)).unsqueeze(1))
+        x = torch.cat(parts, dim=1)
         return Fn.gelu(self.cond_net(x)), prev_if
 
     def forward(self, x: torch.Tensor, cond):
@@ -352,6 +365,8 @@ class IFFAR(nn.Module):
         valid = torch.ones(f)
         valid[0] = valid[-1] = 0.0       # DC and Nyquist: real, phase 0 or π, IF held at 0
         self.register_buffer("if_valid", valid, persistent=False)
+        if cfg.pitch_template:
+            self.register_buffer("templates", pitch_templates(cfg, audio), persistent=False)
 
     # -- features --------------------------------------------------------------
     def set_stats(self, stats: dict) -> None:
@@ -396,6 +411,11 @@ class IFFAR(nn.Module):
             return t.expand(n) if t.numel() == 1 else t
         return idx(note, self.cfg.n_notes), idx(family, self.cfg.n_families)
 
+    def template(self, note: torch.Tensor) -> torch.Tensor | None:
+        """Label indices (any shape) → the notes' partial templates ``(…, F)``
+        (zeros for "none"), or None without ``pitch_template``."""
+        return self.templates[note] if self.cfg.pitch_template else None
+
     def context(self, e: torch.Tensor, note: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
         """Encoder output ``(B, C, T)`` + label embeddings → ``(B, C, T)``.
         Labels ``(B,)`` hold for the whole sequence; ``(B, T)`` give each frame
@@ -419,8 +439,10 @@ class IFFAR(nn.Module):
         c = c.transpose(1, 2).reshape(-1, c.shape[1])
         prev = feats[..., :-1].transpose(1, 2).reshape(-1, 2 * f)
         tgt = feats[..., 1:].transpose(1, 2).reshape(-1, 2 * f)
-        mag = self.mag_head(c, prev[:, :f])
-        cond = self.flow.condition(c, mag, prev[:, :f], prev[:, f:])
+        tmpl = self.template(note if note.dim() == 2 else note[:, None].expand(-1, t - 1))
+        tmpl = tmpl.reshape(-1, f) if tmpl is not None else None
+        mag = self.mag_head(c, prev[:, :f], tmpl)
+        cond = self.flow.condition(c, mag, prev[:, :f], prev[:, f:], tmpl)
         # DC and Nyquist carry no IF: their targets are replaced by N(0, 1)
         # noise, so the flow's density stays proper there (no collapse onto 0)
         x = tgt[:, f:] * self.if_valid + torch.randn_like(mag) * (1 - self.if_valid)
@@ -441,10 +463,11 @@ class IFFAR(nn.Module):
         f = self.cfg.n_bins
         n_idx, f_idx = self.labels(note, family, e.shape[0], e.device)
         c = e + self.note_emb(n_idx) + self.family_emb(f_idx)
-        mag = self.clamp_mag(self.mag_head(c, prev[:, :f]) - self.mag_bias)
+        tmpl = self.template(n_idx)
+        mag = self.clamp_mag(self.mag_head(c, prev[:, :f], tmpl) - self.mag_bias)
         if guard_ref is not None:
             mag = self.level_guard(mag, guard_ref)
-        cond = self.flow.condition(c, mag, prev[:, :f], prev[:, f:])
+        cond = self.flow.condition(c, mag, prev[:, :f], prev[:, f:], tmpl)
         d = self.flow.sample(cond, temperature, generator, z)
         return torch.cat([mag, d], dim=1)
 
@@ -514,6 +537,41 @@ class IFFAR(nn.Module):
         if cached:
             self.encoder.set_streaming(False)
         return torch.stack(outs, dim=-1)
+
+
+# ------------------------------------------------------------------ pitch templates
+TEMPLATE_SIGMA_BINS = 1.0
+
+
+def pitch_templates(cfg: IFFARConfig, audio: AudioConfig) -> torch.Tensor:
+    """``(n_notes + 1, F)``: for each MIDI note, a Gaussian bump (σ = 1 bin,
+    peak 1) at each harmonic ``h·f0`` below Nyquist; the last row ("none")
+    is zero. Beyond the paper: the requested pitch as a per-bin input of
+    MagHead and the flow, where convolutions across frequency can move
+    energy to the new partials for any note alike; a note embedding alone is
+    one vector per note, each trained only on its own notes."""
+    bins = torch.arange(cfg.n_bins, dtype=torch.float64)
+    binhz = audio.sample_rate / audio.n_fft
+    rows = torch.zeros(cfg.n_notes + 1, cfg.n_bins, dtype=torch.float64)
+    for n in range(cfg.n_notes):
+        f0 = 440.0 * 2.0 ** ((n - 69) / 12)
+        h = torch.arange(1, int((audio.sample_rate / 2) // f0) + 1, dtype=torch.float64)
+        centres = h * f0 / binhz
+        bumps = torch.exp(-0.5 * ((bins[None] - centres[:, None]) / TEMPLATE_SIGMA_BINS) ** 2)
+        rows[n] = bumps.amax(0) if len(h) else 0.0
+    return rows.float()
+
+
+def widen_for_template(state: dict, cfg: IFFARConfig) -> dict:
+    """A state dict of a model without ``pitch_template`` made loadable into
+    one with it: the new input channel of MagHead's first convolution and of
+    the flow's condition network gets zero weights, so the widened model
+    computes what the old one did until training moves them."""
+    out = dict(state)
+    for key in ("mag_head.conv1.weight", "flow.cond_net.weight"):
+        w = out[key]
+        out[key] = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)
+    return out
 
 
 # ------------------------------------------------------------------ loading

@@ -261,13 +261,14 @@ class IFFARStream:
             self._generate(note, family, temperature)
         return self.mag, self._integrate()
 
-    def _label_embedding(self, note, family) -> torch.Tensor:
+    def _label_embedding(self, note, family):
+        """→ (label embedding ``(1, C)``, pitch template ``(1, F)`` or None), cached."""
         key = (note, family)
         v = self._labels.get(key)
         if v is None:
             m = self.model
             n_idx, f_idx = m.labels(note, family, 1, self.e.device)
-            v = self._labels[key] = m.note_emb(n_idx) + m.family_emb(f_idx)
+            v = self._labels[key] = (m.note_emb(n_idx) + m.family_emb(f_idx), m.template(n_idx))
         return v
 
     def _generate(self, note, family, temperature) -> None:
@@ -277,13 +278,14 @@ class IFFARStream:
         clock = time.perf_counter
         with torch.no_grad():
             t0 = clock() if t is not None else 0
-            c = self.e + self._label_embedding(note, family)
+            emb, tmpl = self._label_embedding(note, family)
+            c = self.e + emb
             pm, pi = self.prev[:, :f], self.prev[:, f:]
-            mag = torch.minimum(torch.maximum(m.mag_head(c, pm) - m.mag_bias, self._lo), self._hi)
+            mag = torch.minimum(torch.maximum(m.mag_head(c, pm, tmpl) - m.mag_bias, self._lo), self._hi)
             if self.guard:
                 mag = m.level_guard(mag, self.level_ref)
             t1 = clock() if t is not None else 0
-            cond = m.flow.condition(c, mag, pm, pi)
+            cond = m.flow.condition(c, mag, pm, pi, tmpl)
             z = torch.randn((1, f), generator=self.gen, dtype=mag.dtype) * temperature
             d = self.fast_flow.inverse(z, cond)
             t2 = clock() if t is not None else 0
