@@ -43,9 +43,14 @@ class ClipSpec:
     group: str = ""  # clips with the same group are rendered together
 
 
+def unit_hash(key: str, seed: int) -> float:
+    """A deterministic number in [0, 1) from a key and a seed."""
+    return int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "big") / 2.0**64
+
+
 def hash_split(key: str, seed: int, val: float = 0.1, test: float = 0.1) -> str:
     """Deterministic train/val/test assignment from a key (80/10/10 by default)."""
-    h = int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "big") / 2.0**64
+    h = unit_hash(key, seed)
     return "test" if h < test else "val" if h < test + val else "train"
 
 
@@ -315,6 +320,7 @@ def _melody(rng, key, scale, chords, beat, end, ch) -> list:
 
 
 PRESETS = {"nc": plan_nc, "notes": plan_notes, "phrases": plan_phrases}
+DEFAULT_COUNTS = {"nc": None, "notes": 3000, "phrases": 1500}
 
 
 def detune(plan: list[ClipSpec], cents: float, seed: int) -> list[ClipSpec]:
@@ -325,8 +331,7 @@ def detune(plan: list[ClipSpec], cents: float, seed: int) -> list[ClipSpec]:
     them. Training data off the semitone grid keeps a model from learning
     where equal-tempered partials lie instead of reading them from its input."""
     for c in plan:
-        h = int.from_bytes(hashlib.sha1(f"{seed}:detune:{c.id}".encode()).digest()[:8], "big")
-        c.labels["detune_cents"] = round(cents * (2.0 * h / 2.0**64 - 1.0), 2)
+        c.labels["detune_cents"] = round(cents * (2.0 * unit_hash(f"detune:{c.id}", seed) - 1.0), 2)
     return plan
 
 
@@ -335,4 +340,3 @@ def sounding_pitches(labels: dict) -> list[float]:
     ``detune_cents`` (fractional MIDI numbers)."""
     d = float(labels.get("detune_cents", 0.0)) / 100.0
     return [p + d for p in labels.get("pitches") or []]
-DEFAULT_COUNTS = {"nc": None, "notes": 3000, "phrases": 1500}

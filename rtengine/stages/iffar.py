@@ -375,6 +375,7 @@ class IFFARStage(Stage):
         if self.phase_mode not in PHASE_MODES:
             raise UserError(f"phase must be one of {', '.join(PHASE_MODES)}, got {self.phase_mode!r}")
         self.prompt = o.get("prompt", "note")
+        self.retrigger = bool(o.get("retrigger", False))
         if self.prompt not in ("note", "silence") and not _resolve(self.prompt).exists():
             raise UserError(f"prompt: no such audio file {self.prompt!r} "
                             f"(or use 'note' or 'silence')")
@@ -399,11 +400,20 @@ class IFFARStage(Stage):
         if self.prompt == "silence":
             return None
         if self.prompt == "note":
-            return harmonic_tone(float(o.get("prompt_note", 60)), secs, sr, seed=self.seed)
+            return self._note_prompt(float(o.get("prompt_note", 60)))
         from ..io import read_audio
         x = read_audio(_resolve(self.prompt), sr)
         a = int(float(o.get("prompt_offset", 0.0)) * sr)
         return x[a:a + int(secs * sr)]
+
+    def _note_prompt(self, note: float) -> np.ndarray:
+        secs = float(self.options.get("prompt_seconds", 0.5))
+        return harmonic_tone(note, secs, self.cfg.sample_rate, seed=self.seed)
+
+    def _reprime_at(self, note: int) -> None:
+        """Restart from a generated prompt at ``note``."""
+        self._prompt_pitch = note
+        self.stream.prime(self._note_prompt(note))
 
     def prepare(self, max_frames: int) -> None:
         super().prepare(max_frames)
@@ -452,21 +462,17 @@ class IFFARStage(Stage):
         freeze = self.params["freeze"].frames(k)[:, 0]
         prime = self.params["prime"].frames(k)[:, 0]
         gain = self.params["gain"].frames(k)[:, 0].copy()
-        retrigger = bool(self.options.get("retrigger", False)) and self.prompt == "note"
         for j in range(k):
             high = prime[j] >= 0.5
             n = int(round(note[j]))
-            if retrigger and n >= 0 and n != self._prompt_pitch:
-                self._prompt_pitch = n
-                self.stream.prime(harmonic_tone(n, float(self.options.get("prompt_seconds", 0.5)),
-                                                self.cfg.sample_rate, seed=self.seed))
+            new_note = self.prompt == "note" and n >= 0 and n != self._prompt_pitch
+            if new_note and self.retrigger:
+                self._reprime_at(n)
             elif high and not self._prime_high:
-                if self.prompt == "note" and n >= 0 and n != self._prompt_pitch:
+                if new_note:
                     # a generated prompt follows the note: the model keeps its
                     # prompt's pitch far better than it follows the label
-                    self._prompt_pitch = n
-                    self.stream.prime(harmonic_tone(n, float(self.options.get("prompt_seconds", 0.5)),
-                                                    self.cfg.sample_rate, seed=self.seed))
+                    self._reprime_at(n)
                 else:
                     self.stream.reset()
             self._prime_high = high
