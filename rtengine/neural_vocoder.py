@@ -22,6 +22,7 @@ import torch
 
 from .config import AudioConfig, get_config
 from .dsp.integrator import PhaseIntegrator
+from .dsp.mel_sinusoids import sinusoid_offsets
 from .dsp.ola import OverlapAdd, TorchOverlapAdd
 from .dsp.phase_gradient import offsets_to_gradients
 from .errors import UserError
@@ -68,15 +69,25 @@ class NeuralPGVocoder:
         lookahead: one frame of integrator look-ahead (the next frame's bins
             join the heap); None: the model card's ``integrator_lookahead``
             (default false).
+        sinusoid_fit: Δm of the bins below this bin from the sparse sinusoid
+            fit of the mel (:mod:`rtengine.dsp.mel_sinusoids`) instead of the
+            network, where a fitted partial reaches them; 0: the network's
+            everywhere; None: the model card's ``sinusoid_fit_bins`` (default 0).
     """
 
     def __init__(self, cfg: AudioConfig | str, model_dir: str | Path | None = None, mode: str = "heap",
                  use_lambda: bool = False, seed: int = 0, device: str = "cpu",
                  threads: int | None = None, ola: str = "auto", net: PGVocNet | None = None,
-                 lookahead: bool | None = None):
+                 lookahead: bool | None = None, sinusoid_fit: int | None = None):
         cfg = get_config(cfg)
+        defaults = inference_defaults(model_dir)
         if lookahead is None:
-            lookahead = bool(inference_defaults(model_dir).get("integrator_lookahead", False))
+            lookahead = bool(defaults.get("integrator_lookahead", False))
+        if sinusoid_fit is None:
+            sinusoid_fit = int(defaults.get("sinusoid_fit_bins", 0))
+        if not 0 <= int(sinusoid_fit) <= cfg.n_bins - 8:
+            raise UserError(f"sinusoid_fit must be between 0 and {cfg.n_bins - 8} bins, got {sinusoid_fit}")
+        self.sinusoid_fit = int(sinusoid_fit)
         if threads:
             torch.set_num_threads(int(threads))
         if device == "auto":
@@ -98,6 +109,7 @@ class NeuralPGVocoder:
         self.latency_frames = self.net.lookahead + self.integrator.latency_frames
         self.latency_samples = self.latency_frames * cfg.hop + self.ola.latency_samples
         self._emitted = 0
+        self._held_mel = self._pre_start()
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self) -> None:
@@ -105,6 +117,13 @@ class NeuralPGVocoder:
         self.integrator.reset()
         self.ola.reset()
         self._emitted = 0
+        self._held_mel = self._pre_start()
+
+    def _pre_start(self) -> np.ndarray:
+        """The mel frames behind the network's first ``lookahead`` outputs,
+        which view the time before the start (silence): the queue of mel
+        frames whose Δm the network has not output yet starts with them."""
+        return np.full((self.cfg.n_mels, self.net.lookahead), np.log(self.cfg.log_floor))
 
     @torch.inference_mode()
     def predict(self, log_mel: np.ndarray):
@@ -112,7 +131,17 @@ class NeuralPGVocoder:
         each ``(F, k)`` float64 numpy, delayed by the network's look-ahead."""
         x = torch.as_tensor(np.asarray(log_mel, dtype=np.float32), device=self.device)[None]
         lm, dm, dn = self.net.stream(x, self._prior([log_mel], log_mel.shape[1]))
-        return _numpy(lm[0]), _numpy(dm[0]), _numpy(dn[0])
+        lm, dm, dn = _numpy(lm[0]), _numpy(dm[0]), _numpy(dn[0])
+        # the network's outputs belong to the oldest of the queued and new mel frames
+        frames = np.concatenate([self._held_mel, log_mel], axis=1)
+        self._held_mel = frames[:, lm.shape[1]:]
+        return lm, self._fit_low(frames[:, :lm.shape[1]], dm), dn
+
+    def _fit_low(self, log_mel: np.ndarray, dm: np.ndarray) -> np.ndarray:
+        """``dm`` with its low bins from the sinusoid fit of the same frames."""
+        if not self.sinusoid_fit or dm.shape[1] == 0:
+            return dm
+        return sinusoid_offsets(log_mel, self.cfg, dm, self.sinusoid_fit)
 
     def _prior(self, log_mels: list[np.ndarray], t_max: int) -> torch.Tensor | None:
         """The network's Δm prior for each mel, zero-padded to ``t_max`` frames
@@ -152,7 +181,9 @@ class NeuralPGVocoder:
         parts = []
         if self.net.lookahead:
             lm, dm, dn = self.net.flush_stream()
-            parts.append(self.synthesize(_numpy(lm[0]), _numpy(dm[0]), _numpy(dn[0])))
+            dm = self._fit_low(self._held_mel[:, :lm.shape[-1]], _numpy(dm[0]))
+            self._held_mel = self._held_mel[:, lm.shape[-1]:]
+            parts.append(self.synthesize(_numpy(lm[0]), dm, _numpy(dn[0])))
         parts.append(self._flush_phase_and_ola())
         return np.concatenate(parts)
 
@@ -183,7 +214,8 @@ class NeuralPGVocoder:
             lm, dm, dn = self.net(torch.as_tensor(x, device=self.device), self._prior(log_mels, t_max))
         finally:
             self.net.set_streaming(True)
-        return [(_numpy(lm[i, :, :m.shape[1]]), _numpy(dm[i, :, :m.shape[1]]), _numpy(dn[i, :, :m.shape[1]]))
+        return [(_numpy(lm[i, :, :m.shape[1]]), self._fit_low(m, _numpy(dm[i, :, :m.shape[1]])),
+                 _numpy(dn[i, :, :m.shape[1]]))
                 for i, m in enumerate(log_mels)]
 
     def vocode_batch(self, log_mels: list[np.ndarray]) -> list[np.ndarray]:
@@ -222,14 +254,15 @@ def vocode_neural(log_mel: np.ndarray, cfg: AudioConfig, model_dir: str | Path, 
 
 
 def eval_system(model_dir: str | Path, mode: str = "heap", use_lambda: bool = False,
-                lookahead: bool | None = None):
+                lookahead: bool | None = None, sinusoid_fit: int | None = None):
     """A system factory for ``tools/eval_vocoder.py``: ``make(cfg)`` loads the
     model once and returns ``fn(x, log_mel, cfg) -> audio``, offline vocoding
     through the streaming object (:func:`rtengine.dsp.vocoder.run_offline`)."""
     def make(cfg: AudioConfig):
         from .dsp.vocoder import run_offline
 
-        voc = NeuralPGVocoder(cfg, model_dir, mode=mode, use_lambda=use_lambda, lookahead=lookahead)
+        voc = NeuralPGVocoder(cfg, model_dir, mode=mode, use_lambda=use_lambda, lookahead=lookahead,
+                              sinusoid_fit=sinusoid_fit)
 
         def run(x, log_mel, cfg):
             voc.reset()

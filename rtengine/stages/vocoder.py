@@ -65,7 +65,8 @@ def _pgvoc(name: str):
                                use_lambda=bool(options.get("use_lambda", False)), seed=seed,
                                device=str(options.get("device", "cpu")),
                                threads=options.get("threads"),
-                               lookahead=options.get("lookahead"))
+                               lookahead=options.get("lookahead"),
+                               sinusoid_fit=options.get("sinusoid_fit"))
     return make
 
 
@@ -90,6 +91,7 @@ for _name in shipped_pgvoc_models():
         "device": ((str,), "cpu, cuda or auto"),
         "threads": ((int,), "torch threads (1 for live use)"),
         "lookahead": ((bool,), "one frame of integrator look-ahead (default: the model card's)"),
+        "sinusoid_fit": ((int,), "Δm below this bin from the mel's sinusoid fit, 0 = off (default: the model card's)"),
     })
 
 
