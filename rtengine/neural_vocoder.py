@@ -273,13 +273,14 @@ def eval_system(model_dir: str | Path, mode: str = "heap", use_lambda: bool = Fa
 
 def measure_performance(model_dir: str | Path, cfg: AudioConfig | str = "22k", seconds: float = 10.0,
                         mode: str = "heap", threads: int | None = 1, repeat: int = 3,
-                        lookahead: bool | None = None) -> dict:
+                        lookahead: bool | None = None, sinusoid_fit: int | None = None) -> dict:
     """Speed of the vocoder on :func:`rtengine.signals.test_signal`.
 
     Returns the offline real-time factor (audio seconds per second, best of
     ``repeat``), the streaming cost of one frame per call (a 256-sample host
     block: median and 99th percentile µs, and the share of one core this takes
-    in real time), the network's share of it, and the algorithmic latency.
+    in real time), the network's share of it (with the sinusoid fit), the
+    fit's own share, and the algorithmic latency.
     """
     import time
 
@@ -290,7 +291,8 @@ def measure_performance(model_dir: str | Path, cfg: AudioConfig | str = "22k", s
     cfg = get_config(cfg)
     x = test_signal(cfg.sample_rate, seconds)
     mel = log_mel(np.asarray(x, dtype=np.float64), cfg)
-    voc = NeuralPGVocoder(cfg, model_dir, mode=mode, threads=threads, lookahead=lookahead)
+    voc = NeuralPGVocoder(cfg, model_dir, mode=mode, threads=threads, lookahead=lookahead,
+                          sinusoid_fit=sinusoid_fit)
     run_offline(voc, mel[:, :20])                                       # warm-up (numba, torch)
     audio_s = (mel.shape[1] - 1) * cfg.hop / cfg.sample_rate
     best = float("inf")
@@ -310,6 +312,14 @@ def measure_performance(model_dir: str | Path, cfg: AudioConfig | str = "22k", s
         t = time.perf_counter()
         voc.predict(mel[:, j:j + 1])
         net_only.append(time.perf_counter() - t)
+    fit_only = [0.0]
+    if voc.sinusoid_fit:
+        fallback = np.zeros((cfg.n_bins, 1))
+        fit_only = []
+        for j in range(mel.shape[1]):
+            t = time.perf_counter()
+            sinusoid_offsets(mel[:, j:j + 1], cfg, fallback, voc.sinusoid_fit)
+            fit_only.append(time.perf_counter() - t)
     hop_s = cfg.hop / cfg.sample_rate
     med = float(np.median(per_frame))
     return {"signal_seconds": round(audio_s, 2), "threads": threads, "mode": mode,
@@ -319,6 +329,8 @@ def measure_performance(model_dir: str | Path, cfg: AudioConfig | str = "22k", s
             "stream_us_per_frame_median": round(med * 1e6, 1),
             "stream_us_per_frame_p99": round(float(np.percentile(per_frame, 99)) * 1e6, 1),
             "stream_net_us_per_frame_median": round(float(np.median(net_only)) * 1e6, 1),
+            "sinusoid_fit_bins": voc.sinusoid_fit,
+            "stream_fit_us_per_frame_median": round(float(np.median(fit_only)) * 1e6, 1),
             "stream_core_share_percent": round(100 * med / hop_s, 2),
             "latency_frames": voc.latency_frames, "latency_samples": voc.latency_samples,
             "latency_ms": round(1000 * voc.latency_samples / cfg.sample_rate, 2)}

@@ -70,6 +70,19 @@ def test_eval_writes_table_json_and_figure(manifest, tmp_path):
     assert not list(out.glob(".*tmp"))  # atomic writes leave no temporaries
 
 
+def test_clips_without_note_labels_get_a_table_and_no_figure(manifest, tmp_path, capsys):
+    """A `phrases` split has no notes or chords: LSD and SC, no Fig. 4, exit 0."""
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for r in rows:
+        r["labels"] = {"pitches": r["labels"]["pitches"]}
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "report"
+    assert load_tool().main(["--manifest", str(manifest), "--systems", "oracle", "--out", str(out),
+                             "--no-progress"]) == 0
+    assert (out / "table.md").exists() and not (out / "fig4.png").exists()
+    assert "no Fig. 4" in capsys.readouterr().err
+
+
 def test_unknown_system_and_missing_manifest_are_user_errors(manifest, tmp_path, capsys):
     tool = load_tool()
     assert tool.main(["--manifest", str(manifest), "--systems", "nope", "--out", str(tmp_path)]) == 2

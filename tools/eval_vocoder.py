@@ -296,7 +296,8 @@ examples:
   # a quick look at 10 clips
   python tools/eval_vocoder.py --manifest data/nc/manifest.jsonl --limit 10 --out /tmp/ev
 
-Writes OUT/table.md, OUT/results.json (summary + per-clip metrics) and OUT/fig4.png.
+Writes OUT/table.md, OUT/results.json (summary + per-clip metrics) and, when the
+split has labelled notes or chords, OUT/fig4.png.
 """
 
 
@@ -371,9 +372,13 @@ def run(args) -> int:
                       json.dumps({"meta": meta, "summary": summary, "clips": clips}, indent=1) + "\n")
     table = markdown_table(summary, meta)
     atomic_write_text(out / "table.md", table)
-    atomic_write_bytes(out / "fig4.png", figure(clips, names))
+    written = ["table.md", "results.json"]
+    if any(k["kind"] in ("notes", "chords") for k in clips):     # Fig. 4 plots H_err: notes and chords only
+        atomic_write_bytes(out / "fig4.png", figure(clips, names))
+        written.append("fig4.png")
     print(table)
-    print(f"wrote {out}/table.md, results.json, fig4.png in {meta['wall_seconds']} s", file=sys.stderr)
+    print(f"wrote {', '.join(f'{out}/{w}' for w in written)} in {meta['wall_seconds']} s"
+          + ("" if "fig4.png" in written else " (no notes or chords: no Fig. 4)"), file=sys.stderr)
     return 0
 
 
