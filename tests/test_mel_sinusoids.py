@@ -63,3 +63,28 @@ def test_frames_are_fitted_independently():
         parts = [MS.fit_low_offsets(lm[:, i:i + chunk], CFG) for i in range(0, lm.shape[1], chunk)]
         assert np.array_equal(np.concatenate([p[0] for p in parts], axis=1), whole[0])
         assert np.array_equal(np.concatenate([p[1] for p in parts], axis=1), whole[1])
+
+
+@pytest.mark.parametrize("lookahead", [True, False])
+def test_model_free_vocoder_with_the_fit_streams_and_keeps_a_low_note_in_tune(lookahead):
+    from rtengine.dsp.vocoder import PGHIVocoder, run_offline
+
+    f0 = 110.0
+    x = _harmonic(f0, n=5)
+    lm = log_mel(x, CFG)
+    voc = PGHIVocoder(CFG, lookahead=lookahead, sinusoid_fit=64)
+    whole = run_offline(voc, lm, len(x))
+    for chunk in (1, 5):
+        voc.reset()
+        parts = [voc.process(lm[:, i:i + chunk]) for i in range(0, lm.shape[1], chunk)] + [voc.flush()]
+        y = np.concatenate(parts)[voc.latency_samples:][:len(x)]
+        assert np.array_equal(y, whole), chunk
+    mid = whole[len(x) // 4: 3 * len(x) // 4]
+    spec = np.abs(np.fft.rfft(mid * np.hanning(len(mid)), 1 << 18))
+    freqs = np.fft.rfftfreq(1 << 18, 1 / SR)
+    for k in (1, 2, 3):
+        band = (freqs > 0.97 * k * f0) & (freqs < 1.03 * k * f0)
+        peak = freqs[band][np.argmax(spec[band])]
+        assert abs(1200 * np.log2(peak / (k * f0))) < 10, k
+    with pytest.raises(ValueError, match="sinusoid_fit"):
+        PGHIVocoder(CFG, sinusoid_fit=600)

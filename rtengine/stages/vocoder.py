@@ -39,7 +39,8 @@ def _pghi(cfg, options, seed):
         raise UserError(f"pghi: mode must be 'heap' or 'lambda', got {mode!r}")
     return PGHIVocoder(cfg, mode=mode, lookahead=bool(options.get("lookahead", True)),
                        use_lambda=bool(options.get("use_lambda", False)), seed=seed,
-                       nnls_iter=int(options.get("nnls_iter", 30)))
+                       nnls_iter=int(options.get("nnls_iter", 30)),
+                       sinusoid_fit=int(options.get("sinusoid_fit", 0)))
 
 
 register_vocoder("pghi", _pghi, {
@@ -47,6 +48,7 @@ register_vocoder("pghi", _pghi, {
     "lookahead": ((bool,), "one frame of look-ahead for the gradients (default true)"),
     "use_lambda": ((bool,), "random phase on noise bins"),
     "nnls_iter": ((int,), "iterations of the mel inversion (default 30)"),
+    "sinusoid_fit": ((int,), "IF below this bin from the mel's sinusoid fit (64: low notes in tune; default 0, off)"),
 })
 
 
