@@ -22,7 +22,7 @@ import torch
 
 from .config import AudioConfig, get_config
 from .dsp.integrator import PhaseIntegrator
-from .dsp.mel_sinusoids import sinusoid_offsets
+from .dsp.mel_sinusoids import check_fit_bins, sinusoid_offsets
 from .dsp.ola import OverlapAdd, TorchOverlapAdd
 from .dsp.phase_gradient import offsets_to_gradients
 from .errors import UserError
@@ -85,9 +85,7 @@ class NeuralPGVocoder:
             lookahead = bool(defaults.get("integrator_lookahead", False))
         if sinusoid_fit is None:
             sinusoid_fit = int(defaults.get("sinusoid_fit_bins", 0))
-        if not 0 <= int(sinusoid_fit) <= cfg.n_bins - 8:
-            raise UserError(f"sinusoid_fit must be between 0 and {cfg.n_bins - 8} bins, got {sinusoid_fit}")
-        self.sinusoid_fit = int(sinusoid_fit)
+        self.sinusoid_fit = check_fit_bins(sinusoid_fit, cfg)
         if threads:
             torch.set_num_threads(int(threads))
         if device == "auto":

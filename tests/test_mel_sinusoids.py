@@ -86,5 +86,7 @@ def test_model_free_vocoder_with_the_fit_streams_and_keeps_a_low_note_in_tune(lo
         band = (freqs > 0.97 * k * f0) & (freqs < 1.03 * k * f0)
         peak = freqs[band][np.argmax(spec[band])]
         assert abs(1200 * np.log2(peak / (k * f0))) < 10, k
-    with pytest.raises(ValueError, match="sinusoid_fit"):
+    from rtengine.errors import UserError
+
+    with pytest.raises(UserError, match="sinusoid_fit"):
         PGHIVocoder(CFG, sinusoid_fit=600)

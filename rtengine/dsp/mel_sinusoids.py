@@ -27,6 +27,7 @@ import numpy as np
 from numba import njit
 
 from ..config import AudioConfig
+from ..errors import UserError
 from .mel import mel_filterbank
 from .phase_gradient import MAX_DM
 from .stft import hann
@@ -52,6 +53,14 @@ def _atom_spectrum(f: float, n_fft: int) -> np.ndarray:
 
 
 _DICTS: dict[tuple, SinusoidDictionary] = {}
+
+
+def check_fit_bins(max_bin: int, cfg: AudioConfig) -> int:
+    """``max_bin`` as an int, or a :class:`UserError` naming the valid range
+    (the atoms reach 6 bins above it, below Nyquist)."""
+    if not 0 <= int(max_bin) <= cfg.n_bins - 8:
+        raise UserError(f"sinusoid_fit must be between 0 (off) and {cfg.n_bins - 8} bins, got {max_bin}")
+    return int(max_bin)
 
 
 def sinusoid_dictionary(cfg: AudioConfig, max_bin: int = 64, resolution: int = 2) -> SinusoidDictionary:

@@ -12,7 +12,7 @@ import numpy as np
 from ..config import AudioConfig
 from .integrator import PhaseIntegrator
 from .mel import mel_to_magnitude
-from .mel_sinusoids import fit_low_offsets
+from .mel_sinusoids import check_fit_bins, fit_low_offsets
 from .ola import OverlapAdd
 from .pghi import PGHIGradients
 
@@ -36,11 +36,9 @@ class PGHIVocoder:
 
     def __init__(self, cfg: AudioConfig, mode: str = "heap", lookahead: bool = True,
                  use_lambda: bool = False, seed: int = 0, nnls_iter: int = 30, sinusoid_fit: int = 0):
-        if not 0 <= int(sinusoid_fit) <= cfg.n_bins - 8:
-            raise ValueError(f"sinusoid_fit must be between 0 and {cfg.n_bins - 8} bins, got {sinusoid_fit}")
         self.cfg = cfg
         self.nnls_iter = nnls_iter
-        self.sinusoid_fit = int(sinusoid_fit)
+        self.sinusoid_fit = check_fit_bins(sinusoid_fit, cfg)
         self.gradients = PGHIGradients(cfg, lookahead=lookahead)
         self.integrator = PhaseIntegrator(cfg.n_fft, cfg.hop, mode=mode, lookahead=lookahead,
                                           use_lambda=use_lambda, seed=seed)
