@@ -25,8 +25,10 @@ Phases: one-step frames advance the *true* previous phase by the predicted
 Δφ; roll-outs advance the last context frame's true phase cumulatively.
 With ``--pitch`` the model is also asked for the clip's own note and a note
 ``+5`` semitones away (roll-outs at T = 0.7 with the level guard, as the
-stage plays); the generated note's f0 (harmonic sum over the
-generated magnitudes) is compared with the requested one, in cents.
+stage plays), and plays note ``+5`` as the stage's ``retrigger`` does (a
+restart from a generated tone at that note); the generated note's f0
+(harmonic sum over the generated magnitudes) is compared with the requested
+one, in cents.
 """
 
 from __future__ import annotations
@@ -265,7 +267,9 @@ def pitch_test(model, data, rows, args, cfg) -> dict:
     note requested, and with a note 5 semitones higher; f0 error in cents."""
     from train_iffar import DITHER, clip_labels, load_clip
 
-    out = {"own": [], "plus5": [], "none": [], "truth": []}
+    from rtengine.stages.iffar import IFFARStream, harmonic_tone
+
+    out = {"own": [], "plus5": [], "none": [], "retrigger": [], "truth": []}
     f = cfg.n_bins
     s, L = args.start, args.context
     for ci, row in enumerate(rows):
@@ -287,6 +291,11 @@ def pitch_test(model, data, rows, args, cfg) -> dict:
             M = torch.exp(model.denorm_mag(gen[:f].T)).T.numpy()
             target = float(metrics.midi_to_hz(req)) if req is not None else f_note
             out[key].append(abs(cents(f0_harmonic_sum(M, cfg), target)))
+        # the stage's `retrigger`: restart from a generated prompt at note + 5
+        st = IFFARStream(model, seed=ci, play_prompt=False, guard=True)
+        st.prime(harmonic_tone(note + 5, 0.5, cfg.sample_rate))
+        M = np.stack([st.next_frame(note + 5, fam, 0.7)[0] for _ in range(args.pitch_frames)], axis=1)
+        out["retrigger"].append(abs(cents(f0_harmonic_sum(M, cfg), float(metrics.midi_to_hz(note + 5)))))
     res = {}
     for k, v in out.items():
         v = np.asarray(v)
@@ -294,7 +303,9 @@ def pitch_test(model, data, rows, args, cfg) -> dict:
                   "n": int(len(v))}
     res["note"] = ("own: requested = the clip's note; plus5: requested = note + 5 semitones "
                    "(error against the request); none: no pitch label (error against the "
-                   "prompt's note); truth: the estimator on the real continuation")
+                   "prompt's note); retrigger: note + 5 as the stage's retrigger plays it, "
+                   "restarted from a generated 0.5 s tone at that note; truth: the estimator "
+                   "on the real continuation")
     return res
 
 
