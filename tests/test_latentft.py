@@ -206,6 +206,32 @@ def test_sampler_deterministic_for_a_seed(tiny_weights):
     assert float((a - c).abs().max()) > 1e-3
 
 
+def test_offline_operator_masks_the_whole_stream_at_once(tiny_weights):
+    """An all-pass mask: the offline and live operators give the same latent;
+    a low band: the offline one is the whole stream masked at once, the live
+    one differs (its window is one-sided); the resampled mask keeps the band."""
+    from rtengine.nn.latentft import band_mask, chunk_conditions, load_model, resample_mask
+
+    m = load_model(tiny_weights)
+    mel = (np.random.default_rng(1).standard_normal((80, 40)) - 4).astype(np.float32)
+    n_chunks = 6
+    ones = torch.ones(1, m.window + 1)
+    live = torch.cat(chunk_conditions(m, mel, ones, n_chunks), dim=-1)
+    off = torch.cat(chunk_conditions(m, mel, ones, n_chunks, "offline"), dim=-1)
+    assert float((live - off).abs().max()) < 1e-5
+    low = torch.from_numpy(band_mask(2, [0], 2 * m.window))[None]
+    live = torch.stack(chunk_conditions(m, mel, low, n_chunks))
+    off = torch.stack(chunk_conditions(m, mel, low, n_chunks, "offline"))
+    assert float((live - off).abs().max()) > 1e-3
+    for n_bands, band in ((2, 0), (8, 3)):          # a band moves by at most one coarse bin
+        coarse = torch.from_numpy(band_mask(n_bands, [band], 1024))
+        fine = resample_mask(coarse, 4096)
+        assert int((fine != torch.from_numpy(band_mask(n_bands, [band], 4096))).sum()) <= 8
+        assert fine.sum() > 0
+    with pytest.raises(ValueError, match="operator"):
+        stream_generate(m, [(mel, ones, 1.0)], 40, steps=2, operator="two-sided")
+
+
 def test_guidance_and_blend_combine_derivatives():
     # a fake denoiser: D(x; σ, c) = c (the condition itself)
     x = torch.zeros(1, 2, 3)

@@ -122,6 +122,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sigma-min", type=float, default=0.002, help="sampler's last noise level")
     ap.add_argument("--blend-pairs", type=int, default=6)
     ap.add_argument("--lookaheads", default="0,8,16,32,64,128")
+    ap.add_argument("--operator", choices=("stream", "offline"), default="stream",
+                    help="LatentFT's band selection: the live one-sided window (stream, default) or "
+                         "the whole clip masked at once (offline, as the paper's experiments)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the results here")
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
     for ci, (x, mel) in enumerate(zip(audio, mels)):
         T = mel.shape[1]
         gen = stream_generate(model, [(mel, masks, 1.0)], T, args.steps, args.guidance,
-                              seed=args.seed + ci, sigma_min=args.sigma_min).numpy()
+                              seed=args.seed + ci, sigma_min=args.sigma_min, operator=args.operator).numpy()
         base = spectrogram_baseline(mel, lambda n: np.stack([band_mask(nb, [b], n) for nb, b, _ in conds]))
         for k, (n, b, hz) in enumerate(conds):
             for name, m in (("latentft", gen[k]), ("spectrogram", base[k])):
@@ -182,7 +185,8 @@ def main(argv=None) -> int:
         xa, xb, ma, mb = audio[ia], audio[ib], mels[ia], mels[ib]
         T = min(ma.shape[1], mb.shape[1])
         g = stream_generate(model, [(ma, lo_m, 0.5), (mb, hi_m, 0.5)], T, args.steps, 2.0,
-                            seed=args.seed + 100 + p, sigma_min=args.sigma_min).numpy()[0]
+                            seed=args.seed + 100 + p, sigma_min=args.sigma_min,
+                            operator=args.operator).numpy()[0]
         n = int(2 ** np.ceil(np.log2(2 * T)))
         ya = torch.from_numpy(scale_mel(ma[:, :T]).astype(np.float32))[None]
         yb = torch.from_numpy(scale_mel(mb[:, :T]).astype(np.float32))[None]
@@ -206,7 +210,7 @@ def main(argv=None) -> int:
     import shlex
     cmd = "python tools/eval_latentft.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     res = {"command": cmd, "model": str(args.model), "clips": [r["id"] for r in rows], "steps": args.steps,
-           "guidance": args.guidance, "sigma_min": args.sigma_min, "lookahead": model.lookahead, "hop": model.hop,
+           "guidance": args.guidance, "sigma_min": args.sigma_min, "operator": args.operator, "lookahead": model.lookahead, "hop": model.hop,
            "conditional": gen_table, "per_band": band_table, "blend": blend_table,
            "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}
     print("\nconditional generation (mean over 14 bands x clips)")

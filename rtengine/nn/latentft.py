@@ -360,9 +360,48 @@ def chunk_seed(seed: int, variation: int, chunk: int) -> int:
 
 
 @torch.no_grad()
+def resample_mask(mask: torch.Tensor, n_dft: int) -> torch.Tensor:
+    """A mask ``(..., W+1)`` on the ``2W``-point grid → the same band
+    selection on an ``n_dft``-point grid ``(..., n_dft/2+1)`` (nearest bin in
+    frequency; band masks are steps in frequency, so this is exact up to
+    half a bin at the edges)."""
+    two_w = 2 * (mask.shape[-1] - 1)
+    k = np.round(np.arange(n_dft // 2 + 1) * two_w / n_dft).astype(np.int64)
+    return mask[..., torch.from_numpy(np.minimum(k, mask.shape[-1] - 1))]
+
+
+@torch.no_grad()
+def chunk_conditions(model: LatentFTModel, mel: np.ndarray, masks: torch.Tensor, n_chunks: int,
+                     operator: str = "stream") -> list[torch.Tensor]:
+    """The masked latent each decoder chunk of a stream is conditioned on.
+
+    The stream is ``mel`` ``(n_mels, T)`` followed by silence, encoded ``H``
+    frames at a time as the stage does (bit-identical latents), after a
+    window of the latent of silence (the ring buffer's start). Chunk ``j``
+    gets stream frames ``[(j+1)H − D − H − P, (j+1)H − D)`` of the latent
+    masked by ``masks`` ``(B, W+1)``: within the window ending at frame
+    ``(j+1)H`` (``operator="stream"``, the live one-sided operator) or within
+    the whole stream at once (``"offline"``). → ``n_chunks × (B, C, P + H)``."""
+    W, H, D, P = model.window, model.hop, model.lookahead, model.context
+    total = n_chunks * H
+    m = np.full((model.arch["n_mels"], total), LOG_MEL_MIN, np.float32)
+    k = min(total, mel.shape[1])
+    m[:, :k] = mel[:, :k]
+    y = scale_mel(m).astype(np.float32)
+    z = torch.cat([model.encode(torch.from_numpy(y[:, j * H:(j + 1) * H])[None])[0]
+                   for j in range(n_chunks)], dim=1)
+    full = torch.cat([model.silence_latent()[:, None].expand(-1, W), z], dim=1)
+    if operator == "offline":
+        n = int(2 ** np.ceil(np.log2(2 * full.shape[1])))
+        masked = apply_latent_mask(full[None], resample_mask(masks, n), n)
+        return [masked[..., W + (j + 1) * H - D - H - P:W + (j + 1) * H - D] for j in range(n_chunks)]
+    return [one_sided_chunk(full[None, :, (j + 1) * H:W + (j + 1) * H].contiguous(), masks, D, H, P)
+            for j in range(n_chunks)]
+
+
 def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8,
                     scale: float = 1.0, seed: int = 0, variation: int = 0,
-                    sigma_min: float | None = None) -> torch.Tensor:
+                    sigma_min: float | None = None, operator: str = "stream") -> torch.Tensor:
     """Offline run of the live stage, batched over mask variants.
 
     sources: list of ``(log_mel (n_mels, T_s) array, masks (B, W+1) tensor,
@@ -370,32 +409,22 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
     chunk ``j`` sees the window ending at stream frame ``(j+1)H`` (ring
     buffer initialised with the latent of silence), exactly as the stage.
     Returns the generated engine log-mel ``(B, n_mels, n_frames)`` aligned with
-    the input (the stage's ``D + H`` latency removed)."""
-    W, H, D, P = model.window, model.hop, model.lookahead, model.context
+    the input (the stage's ``D + H`` latency removed).
+
+    ``operator="offline"`` conditions every chunk on the same frames of the
+    whole stream masked at once (two-sided, eq. 3 over the whole sequence,
+    as the paper's experiments), instead of the live one-sided window: the
+    exact band selection, for offline rendering and evaluation."""
+    if operator not in ("stream", "offline"):
+        raise ValueError(f"operator must be 'stream' or 'offline', got {operator!r}")
+    H, D, P = model.hop, model.lookahead, model.context
     n_mels = model.arch["n_mels"]
     n_chunks = -(-(n_frames + D) // H)
-    total = n_chunks * H
-    sil = model.silence_latent()
     floor_s = float(scale_mel(LOG_MEL_MIN))
-    conds, weights = [], []
     B = sources[0][1].shape[0]
-    for mel, masks, w in sources:
-        m = np.full((n_mels, total), LOG_MEL_MIN, np.float32)
-        k = min(total, mel.shape[1])
-        m[:, :k] = mel[:, :k]
-        # encoded H frames at a time, as the stage does (bit-identical latents)
-        y = scale_mel(m).astype(np.float32)
-        z = torch.cat([model.encode(torch.from_numpy(y[:, j * H:(j + 1) * H])[None])[0]
-                       for j in range(n_chunks)], dim=1)
-        full = torch.cat([sil[:, None].expand(-1, W), z], dim=1)
-        per_chunk = []
-        for j in range(n_chunks):
-            e = W + (j + 1) * H
-            win = full[None, :, e - W:e].contiguous()
-            c = one_sided_chunk(win, masks, D, H, P)
-            per_chunk.append(c.expand(B, -1, -1).contiguous() if c.shape[0] != B else c)
-        conds.append(per_chunk)
-        weights.append(w)
+    conds = [[c.expand(B, -1, -1).contiguous() if c.shape[0] != B else c
+              for c in chunk_conditions(model, mel, masks, n_chunks, operator)] for mel, masks, _ in sources]
+    weights = [w for _, _, w in sources]
     context = torch.full((B, n_mels, P), floor_s)
     outs = []
     for j in range(n_chunks):
