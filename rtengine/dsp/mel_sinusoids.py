@@ -11,9 +11,13 @@ a non-negative sum of such atoms on a grid of ``resolution`` steps per bin
 (Lawson–Hanson active-set NNLS, which returns a sparse solution). NNLS
 splits an off-grid partial between neighbouring atoms, so active atoms closer
 than ``MERGE_BINS`` become one partial at their amplitude-weighted mean
-frequency. Each bin's Δm is then the power-weighted mean offset ``f − k`` of
-the partials within ±``MAX_DM`` bins (the reassignment targets' clip), which
-is what reassignment gives for separated partials.
+frequency. A partial wider than ``MAX_SPAN`` bins, or with a neighbour of at
+least ``REL_LEVEL`` of its amplitude within ``MIN_GAP`` bins (their Hann main
+lobes overlap, magnitudes no longer add and the model fails), is declined.
+Each bin that resolved partials dominate then takes their power-weighted mean
+offset ``f − k`` (within ±``MAX_DM`` bins, the reassignment targets' clip),
+which is what reassignment gives for separated partials; the other bins keep
+their fallback (the network's or PGHI's Δm).
 
 Frame-local and deterministic, so it streams with no latency and any chunking
 gives the same result.
