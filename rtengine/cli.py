@@ -66,6 +66,8 @@ def cmd_vocode(args) -> int:
     if args.output is None and not args.play:
         raise UserError("no output: give -o FILE (or -o - for raw float32 on stdout, or --play with --stdin)")
     options = dict(mode=args.mode, use_lambda=args.use_lambda)
+    if args.sinusoid_fit is not None:
+        options["sinusoid_fit"] = args.sinusoid_fit
     if args.model == "pghi":   # the learned vocoders are causal unless a patch asks for look-ahead
         options["lookahead"] = not args.causal
     vocoder = VocoderStage("vocoder", cfg, options, args.seed, model=args.model)
@@ -151,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "vocoder network: it predicts the magnitude and the phase gradient from "
                     "the mel and integrates the gradient into phase. 'pghi' is the "
                     "model-free vocoder: it inverts the mel filterbank and estimates the "
-                    "phase gradient from the log-magnitude.",
+                    "phase gradient from the log-magnitude. Either can take the frequencies of "
+                    "low partials from a sparse sinusoid fit of the mel (--sinusoid-fit), which "
+                    "keeps low notes in tune; pgvoc-22k does by default.",
         epilog="examples:\n  rtengine vocode --example -o example.wav\n"
                "  rtengine vocode in.wav -o out.wav --block-size 64\n"
                "  rtengine vocode mels/ -o wavs/ --model pghi\n"
@@ -177,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--causal", action="store_true",
                    help="pghi: no look-ahead, backward time differences (one frame less latency); "
                         "pgvoc-22k is causal already")
+    v.add_argument("--sinusoid-fit", type=int, default=None, metavar="BINS",
+                   help="frequencies of the partials below bin BINS from a sparse sinusoid fit of "
+                        "the mel (64 = 1.4 kHz at 22k; 0 = off). Default: the model card's "
+                        "(pgvoc-22k: 64); pghi: off")
     v.add_argument("--use-lambda", action="store_true",
                    help="random phase on bins the lambda test classifies as noise (heap mode)")
     v.add_argument("--seed", type=int, default=0, help="seed of the random phases")

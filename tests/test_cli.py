@@ -47,6 +47,20 @@ def test_vocode_block_size_does_not_change_output(wav, tmp_path):
     assert np.sqrt(np.mean(outs[0] ** 2)) > 0.05   # it is sound, not silence
 
 
+def test_vocode_sinusoid_fit_option(wav, tmp_path):
+    """--sinusoid-fit reaches the model-free vocoder (its low partials change),
+    and a bin out of range is one clear error with no output."""
+    outs = {}
+    for fit in (0, 64):
+        r = rtengine("vocode", wav, "--model", "pghi", "--sinusoid-fit", fit, "-o", tmp_path / f"f{fit}.wav")
+        assert r.returncode == 0, r.stderr
+        outs[fit] = sf.read(tmp_path / f"f{fit}.wav")[0]
+    assert np.abs(outs[64] - outs[0]).max() > 1e-3
+    r = rtengine("vocode", wav, "--sinusoid-fit", 900, "-o", tmp_path / "bad.wav")
+    assert r.returncode == 2 and "sinusoid_fit must be between" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad.wav").exists()
+
+
 def test_vocode_mel_input_and_directories(wav, tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
