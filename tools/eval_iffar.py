@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rtengine import metrics  # noqa: E402
+from rtengine.data.manifest import atomic_write_text  # noqa: E402
 from rtengine.nn.iffar import load_iffar  # noqa: E402
 from rtengine.nn.iffar_features import (if_from_phase, istft, log_magnitude, phase_advance,  # noqa: E402
                                         stft, wrap)
@@ -246,8 +247,7 @@ def main(argv=None):
                "table": table, "paper": PAPER, "pitch": pitch, "wall_s": time.time() - t0,
                "markdown": "\n".join(lines)}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+        atomic_write_text(Path(args.json), json.dumps(summary, indent=1))
     if args.card:
         import yaml
 
@@ -258,7 +258,7 @@ def main(argv=None):
                            "rollout_frames": K,
                            "table": {k: {m: round(v, 3) for m, v in r.items()} for k, r in table.items()},
                            "pitch": pitch}
-        cp.write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
+        atomic_write_text(cp, yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
     return summary
 
 

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rtengine.config import get_config  # noqa: E402
 from rtengine.dsp.mel import log_mel  # noqa: E402
 from rtengine.dsp.vocoder import vocode_pghi  # noqa: E402
+from rtengine.data.manifest import atomic_write_text  # noqa: E402
 from rtengine.io import read_audio  # noqa: E402
 from rtengine.metrics import loudness_correlation, rhythm_similarity  # noqa: E402
 from rtengine.nn.latentft import (LOG_MEL_MIN, apply_latent_mask, band_edges_hz,  # noqa: E402
@@ -225,8 +226,7 @@ def main(argv=None) -> int:
         print(f"D={D:4d} ({1000 * D / cfg.frame_rate:5.0f} ms): accuracy {d['acc']:.3f}, in-band energy {d['in_band']:.3f} "
               f"(offline {d['in_band_offline']:.3f})")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        atomic_write_text(Path(args.json), json.dumps(res, indent=1))
     return 0
 
 
