@@ -22,7 +22,7 @@ import torch
 
 from .config import AudioConfig, get_config
 from .dsp.integrator import PhaseIntegrator
-from .dsp.mel_sinusoids import check_fit_bins, sinusoid_offsets
+from .dsp.mel_sinusoids import StreamingFit, check_fit_bins, replace_low, sinusoid_offsets
 from .dsp.ola import OverlapAdd, TorchOverlapAdd
 from .dsp.phase_gradient import offsets_to_gradients
 from .errors import UserError
@@ -107,7 +107,8 @@ class NeuralPGVocoder:
         self.latency_frames = self.net.lookahead + self.integrator.latency_frames
         self.latency_samples = self.latency_frames * cfg.hop + self.ola.latency_samples
         self._emitted = 0
-        self._held_mel = self._pre_start()
+        # the network's outputs lag its input by its look-ahead; so does the fit
+        self.fit = StreamingFit(cfg, self.sinusoid_fit, self.net.lookahead) if self.sinusoid_fit else None
 
     # ------------------------------------------------------------------ lifecycle
     def reset(self) -> None:
@@ -115,13 +116,8 @@ class NeuralPGVocoder:
         self.integrator.reset()
         self.ola.reset()
         self._emitted = 0
-        self._held_mel = self._pre_start()
-
-    def _pre_start(self) -> np.ndarray:
-        """The mel frames behind the network's first ``lookahead`` outputs,
-        which view the time before the start (silence): the queue of mel
-        frames whose Δm the network has not output yet starts with them."""
-        return np.full((self.cfg.n_mels, self.net.lookahead), np.log(self.cfg.log_floor))
+        if self.fit is not None:
+            self.fit.reset()
 
     @torch.inference_mode()
     def predict(self, log_mel: np.ndarray):
@@ -129,17 +125,13 @@ class NeuralPGVocoder:
         each ``(F, k)`` float64 numpy, delayed by the network's look-ahead."""
         x = torch.as_tensor(np.asarray(log_mel, dtype=np.float32), device=self.device)[None]
         lm, dm, dn = self.net.stream(x, self._prior([log_mel], log_mel.shape[1]))
-        lm, dm, dn = _numpy(lm[0]), _numpy(dm[0]), _numpy(dn[0])
-        # the network's outputs belong to the oldest of the queued and new mel frames
-        frames = np.concatenate([self._held_mel, log_mel], axis=1)
-        self._held_mel = frames[:, lm.shape[1]:]
-        return lm, self._fit_low(frames[:, :lm.shape[1]], dm), dn
+        if self.fit is not None:
+            self.fit.push(log_mel)
+        return _numpy(lm[0]), self._fitted(_numpy(dm[0])), _numpy(dn[0])
 
-    def _fit_low(self, log_mel: np.ndarray, dm: np.ndarray) -> np.ndarray:
-        """``dm`` with its low bins from the sinusoid fit of the same frames."""
-        if not self.sinusoid_fit or dm.shape[1] == 0:
-            return dm
-        return sinusoid_offsets(log_mel, self.cfg, dm, self.sinusoid_fit)
+    def _fitted(self, dm: np.ndarray) -> np.ndarray:
+        """Streamed ``dm`` with its low bins from the sinusoid fit of the same frames."""
+        return dm if self.fit is None else replace_low(dm, *self.fit.pop(dm.shape[1]))
 
     def _prior(self, log_mels: list[np.ndarray], t_max: int) -> torch.Tensor | None:
         """The network's Δm prior for each mel, zero-padded to ``t_max`` frames
@@ -179,9 +171,7 @@ class NeuralPGVocoder:
         parts = []
         if self.net.lookahead:
             lm, dm, dn = self.net.flush_stream()
-            dm = self._fit_low(self._held_mel[:, :lm.shape[-1]], _numpy(dm[0]))
-            self._held_mel = self._held_mel[:, lm.shape[-1]:]
-            parts.append(self.synthesize(_numpy(lm[0]), dm, _numpy(dn[0])))
+            parts.append(self.synthesize(_numpy(lm[0]), self._fitted(_numpy(dm[0])), _numpy(dn[0])))
         parts.append(self._flush_phase_and_ola())
         return np.concatenate(parts)
 
@@ -212,9 +202,13 @@ class NeuralPGVocoder:
             lm, dm, dn = self.net(torch.as_tensor(x, device=self.device), self._prior(log_mels, t_max))
         finally:
             self.net.set_streaming(True)
-        return [(_numpy(lm[i, :, :m.shape[1]]), self._fit_low(m, _numpy(dm[i, :, :m.shape[1]])),
-                 _numpy(dn[i, :, :m.shape[1]]))
-                for i, m in enumerate(log_mels)]
+        out = []
+        for i, m in enumerate(log_mels):
+            d = _numpy(dm[i, :, :m.shape[1]])
+            if self.sinusoid_fit:
+                d = sinusoid_offsets(m, self.cfg, d, self.sinusoid_fit)
+            out.append((_numpy(lm[i, :, :m.shape[1]]), d, _numpy(dn[i, :, :m.shape[1]])))
+        return out
 
     def vocode_batch(self, log_mels: list[np.ndarray]) -> list[np.ndarray]:
         """Offline vocoding of several mels: one batched network pass, then the

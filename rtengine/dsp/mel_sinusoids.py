@@ -190,10 +190,11 @@ def _nnls_gram(gram, aty, max_iter, tol_rel, x, L, P, s, w, blocked):
 
 
 @njit(cache=True, nogil=True)
-def _offsets(mel, bands, mel_atoms, norms, gram, bin_atoms, freqs, max_bin, max_dm, max_iter, tol_rel, merge, max_span, min_gap, rel_level, power, dm, weight):
+def _offsets(mel, bands, mel_atoms, norms, gram, bin_atoms, freqs, max_bin, max_dm, max_iter, tol_rel, merge, max_span, min_gap, rel_level, power, dm, reached):
     """Per frame: fit, merge neighbouring atoms into partials, then each bin's
-    power-weighted mean partial offset. mel (n_mels, T) linear; dm, weight
-    (max_bin, T) out (weight 0: no partial reaches the bin, dm left as it was)."""
+    power-weighted mean partial offset. mel (n_mels, T) linear; dm, reached
+    (max_bin, T) out (where no resolved partial dominates a bin, reached is
+    False and dm left as it was)."""
     n_atoms = freqs.shape[0]
     resolution = 1.0 / (freqs[1] - freqs[0])
     part_f = np.empty(n_atoms)
@@ -253,8 +254,8 @@ def _offsets(mel, bands, mel_atoms, norms, gram, bin_atoms, freqs, max_bin, max_
                     num[k] += p * (f - k)
                     den[k] += p
         for k in range(max_bin):
-            weight[k, t] = den[k] if den[k] > unresolved[k] else 0.0
-            if weight[k, t] > 0.0:
+            reached[k, t] = den[k] > 0.0 and den[k] > unresolved[k]
+            if reached[k, t]:
                 dm[k, t] = num[k] / den[k]
 
 
@@ -278,10 +279,19 @@ def fit_low_offsets(log_mel: np.ndarray, cfg: AudioConfig, max_bin: int = 64,
     d = sinusoid_dictionary(cfg, max_bin, resolution)
     mel = np.exp(np.ascontiguousarray(log_mel, dtype=np.float64))
     dm = np.zeros((max_bin, mel.shape[1]))
-    weight = np.zeros_like(dm)
+    reached = np.zeros(dm.shape, dtype=np.bool_)
     _offsets(mel, d.bands, d.mel_atoms, d.norms, d.gram, d.bin_atoms, d.freqs, max_bin, MAX_DM,
-             3 * len(d.bands), TOL, MERGE_BINS, MAX_SPAN, MIN_GAP, REL_LEVEL, POWER, dm, weight)
-    return dm, weight > 0
+             3 * len(d.bands), TOL, MERGE_BINS, MAX_SPAN, MIN_GAP, REL_LEVEL, POWER, dm, reached)
+    return dm, reached
+
+
+def replace_low(values: np.ndarray, fitted: np.ndarray, reached: np.ndarray) -> np.ndarray:
+    """A copy of ``values`` ``(F, T)`` whose first rows take ``fitted``
+    ``(n, T)`` where ``reached``."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    n = fitted.shape[0]
+    out[:n] = np.where(reached, fitted, out[:n])
+    return out
 
 
 def sinusoid_offsets(log_mel: np.ndarray, cfg: AudioConfig, fallback: np.ndarray, max_bin: int = 64,
@@ -289,7 +299,34 @@ def sinusoid_offsets(log_mel: np.ndarray, cfg: AudioConfig, fallback: np.ndarray
     """Δm ``(F, T)``: the sinusoid fit's offsets in the bins below ``max_bin``
     that a fitted partial reaches, ``fallback`` ``(F, T)`` (e.g. a network's Δm)
     elsewhere."""
-    low, reached = fit_low_offsets(log_mel, cfg, max_bin, resolution)
-    dm = np.array(fallback, dtype=np.float64, copy=True)
-    dm[:max_bin] = np.where(reached, low, dm[:max_bin])
-    return dm
+    return replace_low(fallback, *fit_low_offsets(log_mel, cfg, max_bin, resolution))
+
+
+class StreamingFit:
+    """:func:`fit_low_offsets` of a stream of mel frames, handed out
+    ``delay`` frames late, for a vocoder whose outputs lag its input (a
+    look-ahead): the first ``delay`` frames it hands out are the time before
+    the start, where no partial is reached. ``push`` new mel frames as they
+    arrive, ``pop`` the fit of each batch of output frames."""
+
+    def __init__(self, cfg: AudioConfig, max_bin: int, delay: int = 0):
+        self.cfg, self.max_bin, self.delay = cfg, int(max_bin), int(delay)
+        self.reset()
+
+    def reset(self) -> None:
+        self._dm = np.zeros((self.max_bin, self.delay))
+        self._reached = np.zeros((self.max_bin, self.delay), dtype=bool)
+
+    def push(self, log_mel: np.ndarray) -> None:
+        dm, reached = fit_low_offsets(log_mel, self.cfg, self.max_bin)
+        self._dm = np.concatenate([self._dm, dm], axis=1)
+        self._reached = np.concatenate([self._reached, reached], axis=1)
+
+    def pop(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``k`` frames' ``(dm, reached)``, each ``(max_bin, k)``;
+        frames past the last pushed one (a flush) reach nothing."""
+        short = max(0, k - self._dm.shape[1])
+        dm = np.pad(self._dm[:, :k], ((0, 0), (0, short)))
+        reached = np.pad(self._reached[:, :k], ((0, 0), (0, short)))
+        self._dm, self._reached = self._dm[:, k:], self._reached[:, k:]
+        return dm, reached

@@ -12,9 +12,10 @@ import numpy as np
 from ..config import AudioConfig
 from .integrator import PhaseIntegrator
 from .mel import mel_to_magnitude
-from .mel_sinusoids import check_fit_bins, fit_low_offsets
+from .mel_sinusoids import StreamingFit, check_fit_bins, replace_low
 from .ola import OverlapAdd
 from .pghi import PGHIGradients
+from .phase_gradient import offsets_to_gradients
 
 
 class PGHIVocoder:
@@ -45,47 +46,32 @@ class PGHIVocoder:
         self.ola = OverlapAdd(cfg)
         self.latency_frames = self.gradients.latency_frames + self.integrator.latency_frames
         self.latency_samples = self.latency_frames * cfg.hop + self.ola.latency_samples
-        self.reset()
+        # the gradients' outputs lag the mel by their look-ahead; so does the fit
+        self.fit = StreamingFit(cfg, self.sinusoid_fit, self.gradients.latency_frames) if self.sinusoid_fit else None
 
     def reset(self) -> None:
         self.gradients.reset()
         self.integrator.reset()
         self.ola.reset()
-        # the fitted offsets of the frames the gradients still hold (look-ahead),
-        # starting with the silent frame they emit first
-        held = self.gradients.latency_frames
-        self._fits = (np.zeros((self.sinusoid_fit, held)), np.zeros((self.sinusoid_fit, held), dtype=bool))
+        if self.fit is not None:
+            self.fit.reset()
 
     def process(self, log_mel: np.ndarray) -> np.ndarray:
         if log_mel.shape[1] == 0:
             return np.zeros(0, dtype=np.float32)
         mag = mel_to_magnitude(log_mel, self.cfg, self.nnls_iter)
-        fit = fit_low_offsets(log_mel, self.cfg, self.sinusoid_fit) if self.sinusoid_fit else None
-        return self.synthesize(mag, fit)
+        if self.fit is not None:
+            self.fit.push(log_mel)
+        return self.synthesize(mag)
 
-    def synthesize(self, mag: np.ndarray, fit: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """Linear magnitude frames ``(F, k)`` (and their sinusoid fit
-        :func:`~rtengine.dsp.mel_sinusoids.fit_low_offsets`, if any) → audio
-        ``(k*hop,)`` float32."""
+    def synthesize(self, mag: np.ndarray) -> np.ndarray:
+        """Linear magnitude frames ``(F, k)`` → audio ``(k*hop,)`` float32."""
         m, omega, tau = self.gradients.process(mag)
-        if self.sinusoid_fit:
-            omega = self._fitted_omega(omega, fit)
+        if self.fit is not None:       # the low bins' ω from the fit of their own frame (eq. 6)
+            dm, reached = self.fit.pop(omega.shape[1])
+            omega = replace_low(omega, offsets_to_gradients(dm, np.zeros_like(dm), self.cfg)[0], reached)
         m, phase = self.integrator.process(m, omega, tau)
         return self.ola.process(m * np.exp(1j * phase)).astype(np.float32)
-
-    def _fitted_omega(self, omega: np.ndarray, fit) -> np.ndarray:
-        """``omega`` with the low bins that the fit of their own frame resolves
-        set from it (eq. 6 of the PG paper: ω = 2π·hop·(m + Δm)/N)."""
-        k, n = omega.shape[1], self.sinusoid_fit
-        if fit is None:
-            fit = (np.zeros((n, k)), np.zeros((n, k), dtype=bool))
-        dm = np.concatenate([self._fits[0], fit[0]], axis=1)
-        ok = np.concatenate([self._fits[1], fit[1]], axis=1)
-        self._fits = (dm[:, k:], ok[:, k:])
-        bins = np.arange(n)[:, None]
-        omega = omega.copy()
-        omega[:n] = np.where(ok[:, :k], 2 * np.pi * self.cfg.hop * (bins + dm[:, :k]) / self.cfg.n_fft, omega[:n])
-        return omega
 
     def flush(self) -> np.ndarray:
         """Audio still held in the delay line: ``latency_samples`` samples."""
