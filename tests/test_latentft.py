@@ -184,6 +184,30 @@ def test_edm_preconditioning_values():
     np.testing.assert_allclose(net.seen.numpy(), (c_in.view(-1, 1, 1) * x).numpy())
 
 
+def test_mean_path_shifts_the_diffusion_to_the_residual_and_starts_as_a_no_op():
+    from rtengine.nn.unet1d import LatentMean
+
+    torch.manual_seed(0)
+    a = dict(TINY)
+    plain = LatentFTModel(a)
+    meaned = LatentFTModel(dict(a, mean_hidden=8))
+    # weights of a model without the path load (strict=False) and give its output
+    missing, unexpected = meaned.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("denoiser.mean.") for k in missing)
+    P, H, C = a["context"], a["hop"], a["latent"]
+    x, ctx = torch.randn(2, 80, H), torch.randn(2, 80, P)
+    cond, sigma = torch.randn(2, C, P + H), torch.tensor([0.2, 5.0])
+    with torch.no_grad():
+        assert torch.equal(meaned.denoiser(x, sigma, cond, ctx), plain.denoiser(x, sigma, cond, ctx))
+        # a trained mean: D = μ + EDM(x − μ; context − μ)
+        torch.nn.init.normal_(meaned.denoiser.mean.net[-1].weight)
+        mu = meaned.denoiser.mean(cond)
+        want = mu[..., P:] + plain.denoiser(x - mu[..., P:], sigma, cond, ctx - mu[..., :P])
+        assert torch.allclose(meaned.denoiser(x, sigma, cond, ctx), want, atol=1e-6)
+        assert not torch.allclose(want, plain.denoiser(x, sigma, cond, ctx), atol=1e-3)
+    assert isinstance(meaned.denoiser.mean, LatentMean)
+
+
 def test_sigma_schedule_and_heun_recovers_a_point():
     t = edm.sigma_steps(8)
     assert abs(float(t[0]) - 80.0) < 1e-9 and abs(float(t[7]) - 0.002) < 1e-12 and float(t[8]) == 0

@@ -9,7 +9,11 @@ Teacher forcing over random crops of ``--frames`` frames; losses of §3
 teacher-forced audio); Adam; validation every ``--val-every`` steps with early
 stopping after ``--patience`` validations without improvement;
 ``--self-feed p`` replaces a share ``p`` of the input frames' magnitudes by
-the model's own teacher-forced prediction (parallel scheduled sampling). The best
+the model's own teacher-forced prediction (parallel scheduled sampling);
+``--rollout K`` adds a roll-out loss: K chained passes in which every frame
+after a true prompt is the model's own previous prediction, so the last pass
+equals a teacher-free roll-out of K frames (and approximates deeper ones), and
+its log-magnitude error is back-propagated through the whole chain. The best
 weights are exported to ``--out`` (weights.pt + card.yaml) at every
 improvement, so an interrupted run still ships. ``--resume`` continues from
 ``<run>/last.pt``; ``torchrun --nproc_per_node N tools/train_iffar.py …`` runs
@@ -145,6 +149,36 @@ def batch_features(model: IFFAR, audio_batch: torch.Tensor, gen: torch.Generator
     return X[..., 1:], feats[..., 1:]
 
 
+def chained_rollout(net: IFFAR, feats: torch.Tensor, note, fam, out: dict, prompt: int,
+                    passes: int) -> torch.Tensor:
+    """The model's own roll-out after ``prompt`` true frames, in parallel passes.
+
+    Pass ``k`` feeds every input frame from ``prompt`` on with pass ``k−1``'s
+    prediction of that frame (magnitude, clamped as in generation, and the
+    flow's IF at ``z = 0``), so after ``passes`` passes the frames
+    ``prompt … prompt+passes−1`` are exactly a teacher-free roll-out at
+    temperature 0 (without the calibration bias, which is set after training)
+    and later frames a ``passes``-deep approximation of one. Gradients flow
+    through the fed-back magnitudes (back-propagation through the roll-out);
+    the IF is fed back without gradient. ``out`` is the teacher-forced pass
+    (``mag``, and ``if0`` unless it was run with ``sample_tf=False``).
+    feats ``(B, 2F, T)`` → the last pass's magnitudes of frames ``1…T−1``,
+    ``(B, T−1, F)`` (standardised)."""
+    f = net.cfg.n_bins
+    b, _, t = feats.shape
+    mag, if0 = out["mag"], out.get("if0")
+    for k in range(passes - 1):
+        m = net.clamp_mag(mag.reshape(b, t - 1, f)).transpose(1, 2)       # frames 1..T-1
+        inputs = feats.clone()
+        inputs[:, :f, prompt:] = m[..., prompt - 1:]
+        if if0 is not None:
+            d = net.renorm_if(if0.detach()).reshape(b, t - 1, f).transpose(1, 2)
+            inputs[:, f:, prompt:] = d[..., prompt - 1:]
+        o = net(inputs, note, fam, sample_tf=if0 is not None and k < passes - 2)
+        mag, if0 = o["mag"], o.get("if0")
+    return mag.reshape(b, t - 1, f)
+
+
 class IFFARTask:
     def __init__(self, args):
         self.args = args
@@ -228,8 +262,15 @@ class IFFARTask:
             at = batch["switch_at"][:, None]
             weight = torch.where((at >= 0) & (k >= at) & (k < at + SWITCH_FRAMES),
                                  self.args.switch_weight, 1.0)
-        return iffar_loss(net, out, feats, X, self.audio, self.weights, skip=self.args.skip,
-                          frame_weight=weight)
+        total, terms = iffar_loss(net, out, feats, X, self.audio, self.weights, skip=self.args.skip,
+                                  frame_weight=weight)
+        if self.args.rollout > 0:
+            prompt = int(torch.randint(self.args.skip + 1, feats.shape[-1] // 2 + 1, ()))
+            pred = chained_rollout(net, feats, note, fam, out, prompt, self.args.rollout)
+            roll = (pred[:, prompt - 1:] - feats[:, :self.cfg.n_bins, prompt:].transpose(1, 2)).abs().mean()
+            total = total + self.args.w_rollout * roll
+            terms["rollout"] = roll.detach()
+        return total, terms
 
     def validate(self, model, device):
         ds = NoteCrops(self.val_clips, self.val_labels, self.args.frames, self.audio, fixed=True)
@@ -351,6 +392,9 @@ def main(argv=None):
                    help="start from a trained model (folder or weights.pt; same sizes), its statistics included")
     p.add_argument("--self-feed", type=float, default=0.0,
                    help="share of input frames given the model's own magnitude (scheduled sampling)")
+    p.add_argument("--rollout", type=int, default=0, metavar="K",
+                   help="add the roll-out loss over K chained passes (0: off; see above)")
+    p.add_argument("--w-rollout", type=float, default=1.0, help="weight of the roll-out loss")
     p.add_argument("--w-mag", type=float, default=1.0)
     p.add_argument("--w-nll", type=float, default=0.5)
     p.add_argument("--w-mrstft", type=float, default=0.5)

@@ -153,8 +153,10 @@ class Trainable(nn.Module):
     ``forward(streams)`` → the EDM loss of the live operator's examples."""
 
     def __init__(self, arch: dict | None, windows: int, ema: float, context_drop: float = 0.5,
-                 context_noise: float = 0.05, p_mean: float = -1.2, p_std: float = 1.2):
+                 context_noise: float = 0.05, p_mean: float = -1.2, p_std: float = 1.2,
+                 w_mean: float = 1.0):
         super().__init__()
+        self.w_mean = w_mean
         self.p_mean, self.p_std = p_mean, p_std
         self.context_drop, self.context_noise = context_drop, context_noise
         self.net = LatentFTModel(arch)
@@ -185,7 +187,12 @@ class Trainable(nn.Module):
             self.update_ema()   # the weights of the previous optimizer step
         cond, ctx, tgt = make_batch(self.net, streams, self.mask_gen, self.windows, None,
                                     p_context_drop=self.context_drop, context_noise=self.context_noise)
-        return edm_loss(self.net.denoiser, tgt, cond, ctx, p_mean=self.p_mean, p_std=self.p_std)
+        loss = edm_loss(self.net.denoiser, tgt, cond, ctx, p_mean=self.p_mean, p_std=self.p_std)
+        mean = getattr(self.net.denoiser, "mean", None)
+        if mean is not None and self.w_mean > 0:
+            # the mean path's own regression target: the chunk's mel
+            loss = loss + self.w_mean * ((mean(cond)[..., ctx.shape[-1]:] - tgt) ** 2).mean()
+        return loss
 
 
 class LatentFTTask:
@@ -271,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--context-noise", type=float, default=0.05, help="noise added to the context")
     ap.add_argument("--p-mean", type=float, default=-1.2, help="training ln σ mean (EDM P_mean)")
     ap.add_argument("--p-std", type=float, default=1.2, help="training ln σ std (EDM P_std)")
+    ap.add_argument("--w-mean", type=float, default=1.0,
+                    help="weight of the mean path's own MSE (arch mean_hidden > 0)")
     ap.add_argument("--init", default=None, help="start from these weights.pt (model and EMA)")
     ap.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     ap.add_argument("--no-progress", action="store_true")
@@ -298,7 +307,7 @@ def main(argv=None) -> int:
         init = torch.load(args.init, map_location="cpu", weights_only=True)
         arch = dict(init["arch"], **(json.loads(args.arch) if args.arch else {}))
     model = Trainable(arch, args.windows, args.ema, args.context_drop, args.context_noise,
-                      args.p_mean, args.p_std)
+                      args.p_mean, args.p_std, args.w_mean)
     if init is not None:
         missing, unexpected = model.net.load_state_dict(init["state_dict"], strict=False)
         if unexpected or missing:   # only layers added by --arch may be missing (zero-initialised)

@@ -54,6 +54,28 @@ class EDMPrecond(nn.Module):
         return c_skip.view(b) * x + c_out.view(b) * F_x
 
 
+class MeanPrecond(EDMPrecond):
+    """EDM around a per-frame conditional mean: the diffusion models the
+    residual ``x − μ(cond)`` and ``D = μ + c_skip (x − μ) + c_out F(c_in (x − μ), …)``.
+
+    Beyond the paper (LatentFT's decoder): ``mean(cond)`` maps the masked
+    latent over the ``P + H`` frames to a mel estimate; its first ``P`` frames
+    are subtracted from the context too, so ``F`` sees residuals only. A
+    deterministic per-frame path carries the band's pattern straight to the
+    output, which a small U-Net conditioned on the latent alone followed only
+    loosely. ``forward(x (B, C, H), σ, cond (B, C_lat, P+H), context (B, C, P))``.
+    """
+
+    def __init__(self, net: nn.Module, mean: nn.Module, sigma_data: float = SIGMA_DATA):
+        super().__init__(net, sigma_data)
+        self.mean = mean
+
+    def forward(self, x, sigma, cond, context):
+        mu = self.mean(cond)
+        P = context.shape[-1]
+        return mu[..., P:] + super().forward(x - mu[..., P:], sigma, cond, context - mu[..., :P])
+
+
 def edm_loss(denoiser: EDMPrecond, y: torch.Tensor, *extra, p_mean: float = P_MEAN,
              p_std: float = P_STD, generator: torch.Generator | None = None,
              weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -264,7 +264,7 @@ def one_sided_operator(z: torch.Tensor, mask: torch.Tensor, lookahead: int, hop:
 # the whole model: encoder + chunked EDM decoder
 DEFAULT_ARCH = {
     "n_mels": 80, "hidden": 128, "enc_blocks": 3, "latent": 32,
-    "channels": [48, 64, 96], "dec_blocks": 1, "emb": 96, "in_skip": True,
+    "channels": [48, 64, 96], "dec_blocks": 1, "emb": 96, "in_skip": True, "mean_hidden": 0,
     "hop": 32, "context": 16, "lookahead": 32, "window": WINDOW,
 }
 
@@ -278,16 +278,22 @@ class LatentFTModel(nn.Module):
 
     def __init__(self, arch: dict | None = None):
         super().__init__()
-        from .edm import EDMPrecond
-        from .unet1d import ChunkDecoder
+        from .edm import EDMPrecond, MeanPrecond
+        from .unet1d import ChunkDecoder, LatentMean
 
         self.arch = dict(DEFAULT_ARCH, **(arch or {}))
         if arch is not None and "in_skip" not in arch:
             self.arch["in_skip"] = False      # weights saved before the option existed
+        if arch is not None and "mean_hidden" not in arch:
+            self.arch["mean_hidden"] = 0
         a = self.arch
         self.encoder = MLPEncoder(a["n_mels"], a["hidden"], a["enc_blocks"], a["latent"])
-        self.denoiser = EDMPrecond(ChunkDecoder(a["n_mels"], a["latent"], tuple(a["channels"]),
-                                                a["dec_blocks"], a["emb"], a["in_skip"]))
+        net = ChunkDecoder(a["n_mels"], a["latent"], tuple(a["channels"]), a["dec_blocks"], a["emb"],
+                           a["in_skip"])
+        # mean_hidden > 0: the diffusion models the residual around a per-frame
+        # mel estimate from the masked latent (edm.MeanPrecond)
+        self.denoiser = (MeanPrecond(net, LatentMean(a["latent"], a["n_mels"], a["mean_hidden"]))
+                         if a["mean_hidden"] else EDMPrecond(net))
 
     @property
     def hop(self) -> int:

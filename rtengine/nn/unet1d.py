@@ -150,3 +150,21 @@ class ChunkDecoder(nn.Module):
         if self.in_skip is not None:
             out = out + self.in_skip(x_in)
         return out
+
+
+class LatentMean(nn.Module):
+    """Per-frame estimate of the scaled mel from the masked latent: 1x1
+    convolutions ``latent → hidden → hidden → n_mels``, the last one
+    zero-initialised (so a decoder trained without it is unchanged at first).
+    cond ``(B, C_lat, T)`` → ``(B, n_mels, T)``."""
+
+    def __init__(self, latent: int, n_mels: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv1d(latent, hidden, 1), nn.SiLU(),
+                                 nn.Conv1d(hidden, hidden, 1), nn.SiLU(),
+                                 nn.Conv1d(hidden, n_mels, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.net(cond)
