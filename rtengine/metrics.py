@@ -389,3 +389,20 @@ def rhythm_similarity(ref, est, sr: int = 22050, band: tuple[float, float] | Non
     a = bandpass_descriptor(onset_envelope(ref, sr, hop=hop), sr / hop, band)
     b = bandpass_descriptor(onset_envelope(est, sr, hop=hop), sr / hop, band)
     return _cosine(beat_spectrum(a, max_lag), beat_spectrum(b, max_lag))
+
+
+# ------------------------------------------------------------------ quality
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of feature
+    vectors ``(N, D)`` and ``(M, D)``: ``‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^½)``
+    (the statistic of FAD, Kilgour et al., which LatentFT reports for quality).
+    The trace of the matrix square root is taken from the eigenvalues of
+    ``Σ_a^½ Σ_b Σ_a^½`` (symmetric, so no general ``sqrtm`` is needed)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    tr_root = float(np.sqrt(np.clip(cross, 0, None)).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_root)

@@ -155,3 +155,17 @@ def test_power_mean_loudness_follows_the_loudest_bins():
     with pytest.raises(ValueError):
         M.loudness_curve(quiet, SR, average="rms")
 
+
+
+def test_frechet_distance_matches_the_gaussian_closed_form():
+    from rtengine.metrics import frechet_distance
+
+    r = np.random.default_rng(0)
+    a = r.standard_normal((20000, 3))
+    # N(0, I) against N(1, diag(4, 1, 0.25)): 3 + Σ (1 + s² − 2 s) = 3 + 1 + 0 + 0.25
+    b = a * np.array([2.0, 1.0, 0.5]) + 1.0
+    assert abs(frechet_distance(a, b) - 4.25) < 0.1
+    assert abs(frechet_distance(a, a)) < 1e-9
+    # correlated covariances: symmetric in its arguments
+    c = a @ np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 1.0]])
+    assert abs(frechet_distance(a, c) - frechet_distance(c, a)) < 1e-9

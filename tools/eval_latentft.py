@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate LatentFT on test-split phrases clips.
+"""Evaluate LatentFT on phrases clips of one split (default test).
 
 1. Conditional generation, one condition per band of the 2-, 4- and 8-band
    partitions (14 in all): the clip is streamed through the live operator
@@ -12,6 +12,9 @@
    (what the authors' evaluation code computes).
    Baseline "Spectrogram": the scaled log-mel itself DFT-masked along time
    with the same band (offline, two-sided, whole clip), then vocoded.
+   Quality (the paper's FAD, here on log-mel frames): the Fréchet distance
+   between the scaled log-mel frames of the vocoded outputs and those of the
+   input clips (``mel_fd``, lower is better).
 2. Blending: pairs of clips, A keeps the slow half (< 2.7 Hz), B the fast
    half, weights ½, ½, guidance 2 (paper's setting); adherence to A in A's
    band and to B in B's band, beside the spectrogram-domain blend.
@@ -41,7 +44,7 @@ from rtengine.dsp.mel import log_mel  # noqa: E402
 from rtengine.dsp.vocoder import vocode_pghi  # noqa: E402
 from rtengine.data.manifest import atomic_write_text  # noqa: E402
 from rtengine.io import read_audio  # noqa: E402
-from rtengine.metrics import loudness_correlation, rhythm_similarity  # noqa: E402
+from rtengine.metrics import frechet_distance, loudness_correlation, rhythm_similarity  # noqa: E402
 from rtengine.nn.latentft import (LOG_MEL_MIN, apply_latent_mask, band_edges_hz,  # noqa: E402
                                   band_mask, load_model, one_sided_operator, scale_mel,
                                   stream_generate, unscale_mel)
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/phrases/manifest.jsonl")
     ap.add_argument("--model", default="models/latentft-22k")
-    ap.add_argument("--clips", type=int, default=12, help="test clips (spread over the split)")
+    ap.add_argument("--split", default="test", help="manifest split (choose settings on val, report test)")
+    ap.add_argument("--clips", type=int, default=12, help="clips (spread over the split)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--sigma-min", type=float, default=0.002, help="sampler's last noise level")
@@ -136,7 +140,9 @@ def main(argv=None) -> int:
     model = load_model(Path(args.model) / "weights.pt" if Path(args.model).is_dir() else args.model)
     manifest = Path(args.data)
     rows = [json.loads(l) for l in manifest.read_text().splitlines() if l.strip()]
-    rows = [r for r in rows if r["split"] == "test"]
+    rows = [r for r in rows if r["split"] == args.split]
+    if not rows:
+        raise SystemExit(f"{manifest}: no clips in split {args.split!r}")
     pick = np.linspace(0, len(rows) - 1, min(args.clips, len(rows))).astype(int)
     rows = [rows[i] for i in pick]
     audio = [read_audio(manifest.parent / r["path"], sr) for r in rows]
@@ -149,6 +155,7 @@ def main(argv=None) -> int:
     masks = torch.from_numpy(np.stack([band_mask(n, [b], 2 * W) for n, b, _ in conds]))
     scores = {name: {"loudness": [], "rhythm": [], "loudness_power": []} for name in ("latentft", "spectrogram")}
     per_band = {f"{n}:{b}": {"hz": hz, "latentft": [], "spectrogram": []} for n, b, hz in conds}
+    frames = {"latentft": [], "spectrogram": []}     # log-mel frames of the outputs, for mel_fd
     for ci, (x, mel) in enumerate(zip(audio, mels)):
         T = mel.shape[1]
         gen = stream_generate(model, [(mel, masks, 1.0)], T, args.steps, args.guidance,
@@ -157,6 +164,7 @@ def main(argv=None) -> int:
         for k, (n, b, hz) in enumerate(conds):
             for name, m in (("latentft", gen[k]), ("spectrogram", base[k])):
                 y = vocode_pghi(m.astype(np.float32), cfg, length=len(x))
+                frames[name].append(scale_mel(log_mel(y, cfg)).T)
                 lo, rh, lp = adherence(x, y, hz, sr)
                 scores[name]["loudness"].append(lo)
                 scores[name]["rhythm"].append(rh)
@@ -167,6 +175,9 @@ def main(argv=None) -> int:
               f"spectrogram L {np.mean(scores['spectrogram']['loudness']):.3f} "
               f"R {np.mean(scores['spectrogram']['rhythm']):.3f}  ({time.time() - t0:.0f} s)", flush=True)
     gen_table = {name: {k: float(np.mean(v)) for k, v in d.items()} for name, d in scores.items()}
+    real = np.concatenate([scale_mel(m).T for m in mels])
+    for name in gen_table:
+        gen_table[name]["mel_fd"] = frechet_distance(real, np.concatenate(frames[name]))
     band_table = {k: {"hz": [round(v["hz"][0], 3), round(v["hz"][1], 3)],
                       **{name: {"loudness": float(np.mean([a for a, _, _ in v[name]])),
                                 "rhythm": float(np.mean([r for _, r, _ in v[name]])),
@@ -180,6 +191,7 @@ def main(argv=None) -> int:
     lo_hz, hi_hz = band_edges_hz(2)
     bl = {name: {f"{s}_{m}": [] for s in "AB" for m in ("loudness", "rhythm", "loudness_power")}
           for name in ("latentft", "spectrogram")}
+    bl_frames = {"latentft": [], "spectrogram": []}
     n_pairs = min(args.blend_pairs, len(audio) // 2)
     for p in range(n_pairs):
         ia, ib = 2 * p, 2 * p + 1
@@ -197,12 +209,16 @@ def main(argv=None) -> int:
         L = min(len(xa), len(xb))
         for name, m in (("latentft", g), ("spectrogram", sb)):
             y = vocode_pghi(m.astype(np.float32), cfg, length=L)
+            bl_frames[name].append(scale_mel(log_mel(y, cfg)).T)
             a = adherence(xa[:L], y, lo_hz, sr)
             b = adherence(xb[:L], y, hi_hz, sr)
             for side, v in (("A", a), ("B", b)):
                 for m, val in zip(("loudness", "rhythm", "loudness_power"), v):
                     bl[name][f"{side}_{m}"].append(val)
     blend_table = {name: {k: float(np.mean(v)) if v else None for k, v in d.items()} for name, d in bl.items()}
+    for name in blend_table:
+        blend_table[name]["mel_fd"] = (frechet_distance(real, np.concatenate(bl_frames[name]))
+                                       if bl_frames[name] else None)
 
     # 3. the operator alone -------------------------------------------------------
     D_list = [int(v) for v in args.lookaheads.split(",") if v.strip()]
@@ -210,14 +226,14 @@ def main(argv=None) -> int:
 
     import shlex
     cmd = "python tools/eval_latentft.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    res = {"command": cmd, "model": str(args.model), "clips": [r["id"] for r in rows], "steps": args.steps,
+    res = {"command": cmd, "model": str(args.model), "split": args.split, "clips": [r["id"] for r in rows], "steps": args.steps,
            "guidance": args.guidance, "sigma_min": args.sigma_min, "operator": args.operator, "lookahead": model.lookahead, "hop": model.hop,
            "conditional": gen_table, "per_band": band_table, "blend": blend_table,
            "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}
     print("\nconditional generation (mean over 14 bands x clips)")
-    print(f"{'':14s}{'loudness':>10s}{'rhythm':>10s}{'loudness (power mean)':>24s}")
+    print(f"{'':14s}{'loudness':>10s}{'rhythm':>10s}{'loudness (power mean)':>24s}{'mel FD':>10s}")
     for name, d in gen_table.items():
-        print(f"{name:14s}{d['loudness']:10.3f}{d['rhythm']:10.3f}{d['loudness_power']:24.3f}")
+        print(f"{name:14s}{d['loudness']:10.3f}{d['rhythm']:10.3f}{d['loudness_power']:24.3f}{d['mel_fd']:10.3f}")
     print("\nblending (A: < 2.7 Hz, B: > 2.7 Hz)")
     for name, d in blend_table.items():
         print(name, {k: (round(v, 3) if v is not None else None) for k, v in d.items()})
