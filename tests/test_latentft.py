@@ -156,6 +156,24 @@ def test_stage_equals_offline_stream_and_block_size_does_not_matter(tiny_weights
     np.testing.assert_allclose(outs[0][:, st_lat:], ref, atol=1e-4)
 
 
+def test_stage_takes_sigma_min_from_the_model_card_unless_the_patch_sets_it(tiny_weights, tmp_path):
+    import shutil
+
+    from rtengine.errors import UserError
+    from rtengine.stages.latentft import LatentFTStage
+
+    cfg = get_config("22k")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    shutil.copy(tiny_weights, folder / "weights.pt")
+    assert LatentFTStage("latentft", cfg, {"model": str(folder)}).sigma_min == 0.002   # no card
+    (folder / "card.yaml").write_text("inference:\n  sigma_min: 1.5\n")
+    assert LatentFTStage("latentft", cfg, {"model": str(folder)}).sigma_min == 1.5
+    assert LatentFTStage("latentft", cfg, {"model": str(folder), "sigma_min": 0.3}).sigma_min == 0.3
+    with pytest.raises(UserError, match="sigma_min"):
+        LatentFTStage("latentft", cfg, {"model": str(folder), "sigma_min": 0})
+
+
 # -- EDM -----------------------------------------------------------------------------
 def test_edm_preconditioning_values():
     sd = 0.5

@@ -70,7 +70,8 @@ class LatentFTStage(Stage):
         "model": ((str,), "model name under models/ or a folder (default latentft-22k)"),
         "blend_source": ((str,), "second source for blending: an audio file (looped)"),
         "threads": ((int,), "torch threads for the decoder (default 1)"),
-        "sigma_min": ((int, float), "last noise level of the sampler (default 0.002, the paper's)"),
+        "sigma_min": ((int, float), "last noise level of the sampler (default: the model card's "
+                                    "inference.sigma_min, else 0.002, the paper's)"),
     }
     n_gain = 8
 
@@ -97,12 +98,14 @@ class LatentFTStage(Stage):
                              description="trigger: a rise past 0.5 draws new noise"))
         self.model_name = str(self.options.get("model", DEFAULT_MODEL))
         self.blend_path = self.options.get("blend_source")
-        self.sigma_min = float(self.options.get("sigma_min", 0.002))
-        if not 0 < self.sigma_min < 80:
-            raise UserError(f"latentft: sigma_min must be in (0, 80), got {self.sigma_min:g}")
         self.model = None
         # the model's geometry is needed for the latency before prepare
         self._weights = find_model(self.model_name)
+        from ..neural_vocoder import inference_defaults
+        card = inference_defaults(self._weights.parent)
+        self.sigma_min = float(self.options.get("sigma_min", card.get("sigma_min", 0.002)))
+        if not 0 < self.sigma_min < 80:
+            raise UserError(f"latentft: sigma_min must be in (0, 80), got {self.sigma_min:g}")
         import torch
         arch = torch.load(self._weights, map_location="cpu", weights_only=True)["arch"]
         self.H, self.D, self.P, self.W = arch["hop"], arch["lookahead"], arch["context"], arch["window"]
