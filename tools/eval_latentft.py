@@ -16,7 +16,7 @@
    between the scaled log-mel frames of the vocoded outputs and those of the
    input clips (``mel_fd``, lower is better).
 2. Blending: pairs of clips, A keeps the slow half (< 2.7 Hz), B the fast
-   half, weights ½, ½, guidance 2 (paper's setting); adherence to A in A's
+   half, weights ½, ½, guidance 2 (the paper's; ``--blend-guidance``); adherence to A in A's
    band and to B in B's band, beside the spectrogram-domain blend.
 3. The streaming operator alone, for several look-aheads D: how well the
    one-sided masked latent keeps a band's energy compared with the offline
@@ -126,6 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--sigma-min", type=float, default=0.002, help="sampler's last noise level")
     ap.add_argument("--blend-pairs", type=int, default=6)
+    ap.add_argument("--blend-guidance", type=float, default=2.0,
+                    help="guidance scale of the blends (the paper's: 2)")
     ap.add_argument("--lookaheads", default="0,8,16,32,64,128")
     ap.add_argument("--operator", choices=("stream", "offline"), default="stream",
                     help="LatentFT's band selection: the live one-sided window (stream, default) or "
@@ -197,7 +199,7 @@ def main(argv=None) -> int:
         ia, ib = 2 * p, 2 * p + 1
         xa, xb, ma, mb = audio[ia], audio[ib], mels[ia], mels[ib]
         T = min(ma.shape[1], mb.shape[1])
-        g = stream_generate(model, [(ma, lo_m, 0.5), (mb, hi_m, 0.5)], T, args.steps, 2.0,
+        g = stream_generate(model, [(ma, lo_m, 0.5), (mb, hi_m, 0.5)], T, args.steps, args.blend_guidance,
                             seed=args.seed + 100 + p, sigma_min=args.sigma_min,
                             operator=args.operator).numpy()[0]
         n = int(2 ** np.ceil(np.log2(2 * T)))
@@ -227,7 +229,7 @@ def main(argv=None) -> int:
     import shlex
     cmd = "python tools/eval_latentft.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     res = {"command": cmd, "model": str(args.model), "split": args.split, "clips": [r["id"] for r in rows], "steps": args.steps,
-           "guidance": args.guidance, "sigma_min": args.sigma_min, "operator": args.operator, "lookahead": model.lookahead, "hop": model.hop,
+           "guidance": args.guidance, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "operator": args.operator, "lookahead": model.lookahead, "hop": model.hop,
            "conditional": gen_table, "per_band": band_table, "blend": blend_table,
            "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}
     print("\nconditional generation (mean over 14 bands x clips)")
