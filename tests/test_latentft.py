@@ -226,6 +226,26 @@ def test_mean_path_shifts_the_diffusion_to_the_residual_and_starts_as_a_no_op():
     assert isinstance(meaned.denoiser.mean, LatentMean)
 
 
+def test_encoder_skip_starts_as_a_no_op_and_adds_a_per_frame_linear_path():
+    torch.manual_seed(0)
+    plain = LatentFTModel(dict(TINY))
+    skipped = LatentFTModel(dict(TINY, enc_skip=True))
+    missing, unexpected = skipped.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing == ["encoder.skip.weight"]
+    x = torch.randn(2, 80, 12)
+    with torch.no_grad():
+        assert torch.equal(skipped.encode(x), plain.encode(x))
+        torch.nn.init.normal_(skipped.encoder.skip.weight)
+        W = skipped.encoder.skip.weight[..., 0]                     # (latent, n_mels)
+        want = plain.encode(x) + torch.einsum("lm,bmt->blt", W, x)
+        assert torch.allclose(skipped.encode(x), want, atol=1e-5)
+        # still frame by frame: changing one frame changes only its latent
+        y = x.clone()
+        y[..., 5] += 1.0
+        diff = (skipped.encode(y) - skipped.encode(x)).abs().sum(dim=(0, 1))
+        assert diff[5] > 0 and torch.count_nonzero(diff) == 1
+
+
 def test_sigma_schedule_and_heun_recovers_a_point():
     t = edm.sigma_steps(8)
     assert abs(float(t[0]) - 80.0) < 1e-9 and abs(float(t[7]) - 0.002) < 1e-12 and float(t[8]) == 0

@@ -75,18 +75,31 @@ class MLPEncoder(nn.Module):
     sizes are 80 → 512, 7 blocks, 512 → 80; the shipped model is smaller (see
     its card). Every output frame depends on its input frame only.
 
+    ``skip``: add a linear 1x1 path ``n_mels → latent`` (zero-initialised,
+    beyond the paper). The per-frame norm divides out each frame's scale, so
+    without it a frame's level reaches the latent only nonlinearly and a band
+    mask on the latent is not a band mask on the level; the linear path lets
+    the latent carry the mel's own time pattern, which the mask then filters
+    exactly.
+
     x: scaled mel ``(B, n_mels, T)`` → latent ``(B, latent, T)``.
     """
 
-    def __init__(self, n_mels: int = 80, hidden: int = 128, blocks: int = 3, latent: int = 32):
+    def __init__(self, n_mels: int = 80, hidden: int = 128, blocks: int = 3, latent: int = 32,
+                 skip: bool = False):
         super().__init__()
         self.inp = nn.Conv1d(n_mels, hidden, 1)
         self.blocks = nn.Sequential(*[FrameResBlock(hidden) for _ in range(blocks)])
         self.norm = FrameNorm(hidden)
         self.out = nn.Conv1d(hidden, latent, 1)
+        self.skip = None
+        if skip:
+            self.skip = nn.Conv1d(n_mels, latent, 1, bias=False)
+            nn.init.zeros_(self.skip.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(self.blocks(self.inp(x))))
+        z = self.out(self.norm(self.blocks(self.inp(x))))
+        return z if self.skip is None else z + self.skip(x)
 
 
 # ---------------------------------------------------------------------------
@@ -265,6 +278,7 @@ def one_sided_operator(z: torch.Tensor, mask: torch.Tensor, lookahead: int, hop:
 DEFAULT_ARCH = {
     "n_mels": 80, "hidden": 128, "enc_blocks": 3, "latent": 32,
     "channels": [48, 64, 96], "dec_blocks": 1, "emb": 96, "in_skip": True, "mean_hidden": 0,
+    "enc_skip": False,
     "hop": 32, "context": 16, "lookahead": 32, "window": WINDOW,
 }
 
@@ -287,7 +301,7 @@ class LatentFTModel(nn.Module):
         if arch is not None and "mean_hidden" not in arch:
             self.arch["mean_hidden"] = 0
         a = self.arch
-        self.encoder = MLPEncoder(a["n_mels"], a["hidden"], a["enc_blocks"], a["latent"])
+        self.encoder = MLPEncoder(a["n_mels"], a["hidden"], a["enc_blocks"], a["latent"], a["enc_skip"])
         net = ChunkDecoder(a["n_mels"], a["latent"], tuple(a["channels"]), a["dec_blocks"], a["emb"],
                            a["in_skip"])
         # mean_hidden > 0: the diffusion models the residual around a per-frame
