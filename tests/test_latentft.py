@@ -308,6 +308,24 @@ def test_guidance_and_blend_combine_derivatives():
 
 
 # -- the shipped model -----------------------------------------------------------
+def test_live_ring_reserves_the_decoders_chunk_burst_unless_latency_is_given():
+    import rtengine.stages.latentft  # noqa: F401  (registers the stage)
+    from rtengine.control.patch import build_engine, load_patch
+    from rtengine.engine.live import LivePlayer
+
+    eng = build_engine(load_patch(ROOT / "patches" / "latent-eq.yaml"))
+    assert eng.burst_ms == 0.0                      # measured when prepared
+    player = LivePlayer(eng, block_size=256, status=False)
+    hop, sr = eng.cfg.hop, eng.cfg.sample_rate
+    lft = next(s for s in eng.chain if s.type_name == "latentft")
+    assert eng.prepared and lft.burst_ms > 1.0 and eng.burst_ms == lft.burst_ms
+    plain = max(4 * hop, 3 * 256)
+    assert player.target >= plain + lft.burst_ms * sr / 1000.0
+    assert player.target < plain + lft.burst_ms * sr / 1000.0 + hop
+    # an explicit --latency is taken as given
+    assert LivePlayer(eng, block_size=256, latency_ms=50, status=False).target == 5 * hop
+
+
 @pytest.mark.skipif(not SHIPPED.exists(), reason="models/latentft-22k not trained")
 def test_chunk_joins_are_continuous():
     from rtengine.dsp.mel import log_mel

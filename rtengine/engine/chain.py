@@ -130,6 +130,12 @@ class Engine:
     def latency_ms(self) -> float:
         return 1000.0 * self.latency_samples / self.cfg.sample_rate
 
+    @property
+    def burst_ms(self) -> float:
+        """The stages' heaviest single calls together (known after prepare):
+        the extra audio the live ring must hold (chunks may fall on one frame)."""
+        return float(sum(s.burst_ms for s in self.chain))
+
     def prepare(self, max_frames: int = 16) -> None:
         self.max_frames = max(1, int(max_frames))
         for s in self.chain:

@@ -36,7 +36,8 @@ class LivePlayer:
         device: output device (index, or a name substring such as ``"JACK"``).
         block_size: samples per callback.
         latency_ms: ring fill target (buffering between render thread and
-            callback); default max(4 hops, 3 blocks).
+            callback); default max(4 hops, 3 blocks) plus the stages'
+            ``burst_ms`` (measured when the engine is prepared).
         duration: stop after this many seconds of audio (None: until Ctrl-C).
         record: write exactly what was sent to the card to this file.
         status: print a live status line on stderr.
@@ -55,7 +56,10 @@ class LivePlayer:
         self.block_size = int(block_size)
         sr, hop = self.cfg.sample_rate, self.cfg.hop
         if latency_ms is None:
-            target = max(4 * hop, 3 * self.block_size)
+            # plus the stages' bursts (a chunked decoder's whole chunk in one call)
+            if not engine.prepared:
+                engine.prepare(8)
+            target = max(4 * hop, 3 * self.block_size) + int(np.ceil(engine.burst_ms * sr / 1000.0))
         else:
             if latency_ms <= 0:
                 raise UserError(f"--latency must be positive (ms), got {latency_ms:g}")
@@ -210,6 +214,7 @@ class LivePlayer:
             "cpu_load_peak": self.peak_load,
             "algorithmic_latency_ms": self.engine.latency_ms,
             "ring_target_ms": 1000.0 * self.target / sr,
+            "burst_reserve_ms": self.engine.burst_ms,
             "block_ms": 1000.0 * self.block_size / sr,
             "device_latency_ms": dev_ms,
             "buffering_latency_ms": 1000.0 * (self.target + self.block_size) / sr + dev_ms,

@@ -8,6 +8,10 @@ A stage moves *frames* on the engine's clock (one frame = one hop ``R``):
   ``input_type``; a source ignores ``x``;
 - ``reset()`` clears internal state (delay lines, phases) but keeps parameters;
 - ``latency_samples`` is the delay the stage adds (``latency`` in frames);
+- ``burst_ms`` is the wall time of the stage's heaviest single call beyond
+  its ordinary ones (a chunked stage decoding a whole chunk at once),
+  measured in ``prepare``; the live player keeps that much more audio in its
+  ring so the burst does not underrun;
 - ``params`` maps a name to a :class:`~rtengine.control.params.Param`.
 
 Every stage returns exactly ``k`` frames for ``k`` frames in, so the whole
@@ -80,6 +84,7 @@ class Stage:
         self.params: dict[str, Param] = {}
         self.max_frames = 0
         self.latency_samples = 0
+        self.burst_ms = 0.0
 
     @property
     def latency(self) -> float:
