@@ -55,10 +55,10 @@ class LivePlayer:
         self.device = device
         self.block_size = int(block_size)
         sr, hop = self.cfg.sample_rate, self.cfg.hop
+        if not engine.prepared:    # before the ring is sized: prepare measures the stages' bursts
+            engine.prepare(8)
         if latency_ms is None:
             # plus the stages' bursts (a chunked decoder's whole chunk in one call)
-            if not engine.prepared:
-                engine.prepare(8)
             target = max(4 * hop, 3 * self.block_size) + int(np.ceil(engine.burst_ms * sr / 1000.0))
         else:
             if latency_ms <= 0:
@@ -137,8 +137,6 @@ class LivePlayer:
 
         sys.setswitchinterval(0.001)  # hand the GIL to the audio thread promptly
         eng = self.engine
-        if not eng.prepared:
-            eng.prepare(8)
         start_input = getattr(eng.source, "start", None)
         # prefill so the first callbacks find a full ring
         hop = self.cfg.hop
