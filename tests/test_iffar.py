@@ -217,14 +217,15 @@ def test_note_change_crops_label_the_first_frame_that_hears_the_new_note():
     assert int(plain["switch_at"]) == -1
 
 
-def test_chained_rollout_passes_equal_a_teacher_free_rollout_at_temperature_zero():
+@pytest.mark.parametrize("history", [0, 3])
+def test_chained_rollout_passes_equal_a_teacher_free_rollout_at_temperature_zero(history):
     """The roll-out loss's K parallel passes reproduce, for the first K frames
     after the prompt, exactly what IFFAR.rollout generates at T = 0."""
     import sys
     sys.path.insert(0, str(REPO / "tools"))
     import train_iffar as T
 
-    m = tiny_model(seed=4)
+    m = history_model(seed=4) if history else tiny_model(seed=4)
     torch.manual_seed(1)
     sr = A22.sample_rate
     t = torch.arange(14 * 256 + 1024, dtype=torch.float64) / sr
@@ -250,11 +251,54 @@ def test_chained_rollout_passes_equal_a_teacher_free_rollout_at_temperature_zero
 
 
 # ------------------------------------------------------------------ streaming
-@pytest.mark.parametrize("guard,template", [(False, False), (True, False), (False, True)])
-def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template):
+def history_model(seed=0, history=3) -> IFFAR:
+    """tiny_model widened with ``mag_history`` frames, the new weights randomised."""
+    from rtengine.nn.iffar import widen_for_history
+
+    cfg = tiny_config(mag_history=history)
+    m = IFFAR(cfg, A22)
+    m.load_state_dict(widen_for_history(tiny_model(seed).state_dict(), cfg))
+    m = m.to(torch.float64).eval()
+    with torch.no_grad():
+        m.mag_head.conv1.weight[:, -history:].normal_(std=0.3)
+    return m
+
+
+def test_mag_history_widening_is_function_preserving_and_the_history_is_causal():
+    from rtengine.nn.iffar import widen_for_history
+
+    old = tiny_model(seed=2)
+    cfg = tiny_config(mag_history=3)
+    new = IFFAR(cfg, A22).to(torch.float64).eval()
+    new.load_state_dict(widen_for_history(old.state_dict(), cfg))
+    torch.manual_seed(5)
+    feats = torch.randn(1, 2 * 513, 12, dtype=torch.float64)
+    note, fam = torch.tensor([60]), torch.tensor([1])
+    a = old(feats, note, fam, sample_tf=True)
+    b = new(feats, note, fam, sample_tf=True)
+    assert torch.allclose(a["mag"], b["mag"]) and torch.allclose(a["if0"], b["if0"])
+    # the history of frame t holds frames t-1, t-2, t-3 (frame 0 repeated before the start)
+    h = new.mag_history_of(feats[:, :513])
+    assert h.shape == (1, 12, 3, 513)
+    assert torch.equal(h[0, 7, 0], feats[0, :513, 6]) and torch.equal(h[0, 7, 2], feats[0, :513, 4])
+    assert torch.equal(h[0, 1, 1], feats[0, :513, 0]) and torch.equal(h[0, 0, 0], feats[0, :513, 0])
+    # with trained history weights MagHead reads it: the same context and last
+    # frame with another history give another prediction
+    m = history_model(seed=2)
+    c = torch.randn(1, m.cfg.channels, dtype=torch.float64)
+    prev = feats[:, :513, 5]
+    with torch.no_grad():
+        pa = m.mag_head(c, prev, None, h[:, 5])
+        pb = m.mag_head(c, prev, None, h[:, 5] + 1.0)
+    assert (pa - pb).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("guard,template,history", [(False, False, 0), (True, False, 0),
+                                                    (False, True, 0), (False, False, 3)])
+def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template, history):
     from rtengine.stages.iffar import IFFARStream, harmonic_tone
 
-    m = tiny_model()
+    m = history_model(history=history) if history else tiny_model()
     if template:
         from rtengine.nn.iffar import widen_for_template
 

@@ -21,6 +21,13 @@ the targets. Metrics on the target frames (rtengine.metrics where it has them):
   magnitude of the re-analysed iSTFT of ``M̂ e^{iφ̂}`` (dB), for the direct phase
   ``φ_t = φ_{t−1} + Δφ_t`` and for the engine's heap integrator.
 
+One-step rows: the raw teacher-forced MagHead (``one-step``, as the paper
+evaluates), the same with the calibration bias subtracted and the clamp that
+generation applies (``one-step calibrated``: what the instrument plays), and
+two trivial predictors: the last frame (``repeat-last``, the issue's
+baseline) and each bin's mean log-magnitude over the last 4 frames
+(``last-4 mean``, with the last frame's phase advance).
+
 Phases: one-step frames advance the *true* previous phase by the predicted
 Δφ; roll-outs advance the last context frame's true phase cumulatively.
 With ``--pitch`` the model is also asked for the clip's own note and a note
@@ -202,11 +209,21 @@ def main(argv=None):
             d1 = phase_advance(model.denorm_if(out["if0"][a - 1:b - 1]).T, cfg, mode).numpy()
         rec = results.setdefault("one-step", [])
         rec.append(frame_metrics(Xt, mag1, prev_phi + d1, d_true, d1, mad, cfg))
+        # as the instrument generates: calibration bias subtracted, clamped
+        with torch.no_grad():
+            magc = torch.exp(model.denorm_mag(model.clamp_mag(out["mag"][a - 1:b - 1] - model.mag_bias))).T.numpy()
+        results.setdefault("one-step calibrated", []).append(
+            frame_metrics(Xt, magc, prev_phi + d1, d_true, d1, mad, cfg))
         # baseline, one step: repeat the previous true frame
         M_prev = np.abs(X[:, a - 1:b - 1].numpy())
         d_prev = phase_advance(d[:, a - 1:b - 1], cfg, mode).numpy()
         results.setdefault("one-step repeat-last", []).append(
             frame_metrics(Xt, M_prev, prev_phi + d_prev, d_true, d_prev, mad, cfg))
+        # a second trivial baseline: each bin's mean log-magnitude over the last 4 frames
+        lm_np = lm.numpy()
+        M_avg = np.exp(np.stack([lm_np[:, i - 4:i].mean(1) for i in range(a, b)], axis=1))
+        results.setdefault("one-step last-4 mean", []).append(
+            frame_metrics(Xt, M_avg, prev_phi + d_prev, d_true, d_prev, mad, cfg))
         # K-step roll-outs
         phi0 = phi[:, a - 1].numpy()
         mag0 = np.abs(X[:, a - 1].numpy())

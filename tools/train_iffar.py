@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rtengine.config import get_config  # noqa: E402
 from rtengine.nn.iffar import (FAMILIES, IFFAR, IFFARConfig, export_state, load_iffar,  # noqa: E402
-                                widen_for_template)
+                                widen_for_history, widen_for_template)
 from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
 from rtengine.nn.iffar_losses import LossWeights, iffar_loss  # noqa: E402
 from rtengine.train.checkpoint import load_checkpoint  # noqa: E402
@@ -186,17 +186,22 @@ class IFFARTask:
         data = Path(args.data)
         self.cfg = IFFARConfig(channels=args.channels, layers=args.layers,
                                flow_layers=args.flow_layers, flow_hidden=args.flow_hidden,
-                               if_mode=args.if_mode, pitch_template=args.pitch_template)
+                               if_mode=args.if_mode, pitch_template=args.pitch_template,
+                               mag_history=args.mag_history)
         self.model = IFFAR(self.cfg, self.audio)
         if args.init:
             # warm start: weights and feature statistics of a trained model
             init = load_iffar(args.init)
-            state = init.state_dict()
-            if self.cfg.pitch_template and not init.cfg.pitch_template:
-                state = widen_for_template(state, self.cfg)     # function-preserving
-                init_cfg = IFFARConfig.from_dict({**init.cfg.to_dict(), "pitch_template": True})
-            else:
-                init_cfg = init.cfg
+            state, init_cfg = init.state_dict(), init.cfg
+            # new inputs of a warm start get zero weights (function-preserving)
+            if self.cfg.pitch_template and not init_cfg.pitch_template:
+                if init_cfg.mag_history:
+                    raise SystemExit(f"--init {args.init}: add --pitch-template before --mag-history")
+                state = widen_for_template(state, self.cfg)
+                init_cfg = IFFARConfig.from_dict({**init_cfg.to_dict(), "pitch_template": True})
+            if self.cfg.mag_history > init_cfg.mag_history:
+                state = widen_for_history(state, self.cfg, init_cfg.mag_history)
+                init_cfg = IFFARConfig.from_dict({**init_cfg.to_dict(), "mag_history": self.cfg.mag_history})
             if init_cfg != self.cfg:
                 raise SystemExit(f"--init {args.init}: its config {init.cfg} differs from this run's")
             self.model.load_state_dict(state)
@@ -386,6 +391,9 @@ def main(argv=None):
     p.add_argument("--pitch-template", action="store_true",
                    help="give MagHead and the flow the requested note's partials per bin (with --init "
                         "from a model without: its weights are widened, function-preserving)")
+    p.add_argument("--mag-history", type=int, default=0, metavar="H",
+                   help="MagHead also reads the H frames before the last, per bin (with --init from a "
+                        "model with fewer: its weights are widened, function-preserving)")
     p.add_argument("--switch-weight", type=float, default=1.0,
                    help=f"loss weight of the first {SWITCH_FRAMES} frames after a note change (default 1)")
     p.add_argument("--init", metavar="MODEL", default=None,

@@ -21,6 +21,10 @@ Choices beyond the paper, each small and stated:
   plus the last context frame per bin (its log-magnitude and IF): a
   ``C``-vector alone cannot say which of 513 bins held a partial;
 * MagHead predicts the change from the last frame (``residual_mag``);
+* optionally MagHead also sees the ``mag_history`` frames before the last,
+  per bin (the context embedding is one ``C``-vector: through it alone a
+  bin's own past, e.g. the level of a noisy bin averaged over a few frames,
+  cannot reach the prediction);
 * optional conditioning on pitch (MIDI note) and instrument family, added to
   the context embedding; index ``n_notes`` / ``n_families`` means "none"
   (the paper's unconditional continuation), and training drops the labels
@@ -69,6 +73,7 @@ class IFFARConfig:
     n_notes: int = 128
     n_families: int = len(FAMILIES)
     pitch_template: bool = False  # beyond the paper: the note also as partials per bin
+    mag_history: int = 0          # beyond the paper: MagHead also sees this many earlier frames per bin
 
     @property
     def receptive_field(self) -> int:
@@ -172,28 +177,37 @@ class MagHead(nn.Module):
     A light FC stack projects ``(N, C)`` onto ``mag_channels`` values per bin,
     then two small 1-d convolutions across frequency (kernel 5) give one value
     per bin. With ``residual_mag`` the result is added to the last frame's
-    log-magnitude ``prev`` ``(N, F)``. Output ``(N, F)``."""
+    log-magnitude ``prev`` ``(N, F)``. With ``mag_history`` = h the
+    convolutions also read the h frames before ``prev`` (``hist`` ``(N, h, F)``,
+    most recent first). Output ``(N, F)``."""
 
     def __init__(self, cfg: IFFARConfig):
         super().__init__()
         self.f, self.k = cfg.n_bins, cfg.mag_channels
         self.residual = cfg.residual_mag
         self.template = cfg.pitch_template
+        self.history = cfg.mag_history
         self.fc1 = nn.Linear(cfg.channels, cfg.channels)
         self.fc2 = nn.Linear(cfg.channels, cfg.mag_channels * cfg.n_bins)
-        self.conv1 = nn.Conv1d(cfg.mag_channels + 1 + int(cfg.pitch_template), cfg.mag_hidden, 5, padding=2)
+        self.conv1 = nn.Conv1d(cfg.mag_channels + 1 + int(cfg.pitch_template) + cfg.mag_history,
+                               cfg.mag_hidden, 5, padding=2)
         self.conv2 = nn.Conv1d(cfg.mag_hidden, 1, 5, padding=2)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, c: torch.Tensor, prev: torch.Tensor,
-                template: torch.Tensor | None = None) -> torch.Tensor:
+                template: torch.Tensor | None = None,
+                hist: torch.Tensor | None = None) -> torch.Tensor:
         """``template`` ``(N, F)``: the requested note's partials (with
-        ``pitch_template``; zeros when None)."""
+        ``pitch_template``; zeros when None). ``hist`` ``(N, h, F)``: the
+        frames before ``prev`` (with ``mag_history``; ``prev`` repeated when
+        None, as for a sequence that starts at ``prev``)."""
         h = self.fc2(Fn.gelu(self.fc1(c))).view(-1, self.k, self.f)
         parts = [h, prev.unsqueeze(1)]
         if self.template:
             parts.append((template if template is not None else torch.zeros_like(prev)).unsqueeze(1))
+        if self.history:
+            parts.append(hist if hist is not None else prev.unsqueeze(1).expand(-1, self.history, -1))
         h = torch.cat(parts, dim=1)
         d = self.conv2(Fn.gelu(self.conv1(h))).squeeze(1)
         return prev + d if self.residual else d
@@ -416,6 +430,25 @@ class IFFAR(nn.Module):
         (zeros for "none"), or None without ``pitch_template``."""
         return self.templates[note] if self.cfg.pitch_template else None
 
+    def mag_history_of(self, mags: torch.Tensor) -> torch.Tensor | None:
+        """Standardised log-magnitudes ``(B, F, T)`` → for each frame ``t`` the
+        ``mag_history`` frames before it, most recent first, ``(B, T, h, F)``
+        (frame 0 repeated before the start); None without ``mag_history``."""
+        h = self.cfg.mag_history
+        if not h:
+            return None
+        t = mags.shape[-1]
+        padded = torch.cat([mags[..., :1].expand(-1, -1, h), mags], dim=-1)
+        return torch.stack([padded[..., h - j:h - j + t] for j in range(1, h + 1)], dim=1).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def push_history(hist: torch.Tensor | None, frame_mag: torch.Tensor) -> torch.Tensor | None:
+        """The history ``(N, h, F)`` one frame on: ``frame_mag`` ``(N, F)`` (the
+        frame that was ``prev``) becomes the most recent."""
+        if hist is None:
+            return None
+        return torch.cat([frame_mag.unsqueeze(1), hist[:, :-1]], dim=1)
+
     def context(self, e: torch.Tensor, note: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
         """Encoder output ``(B, C, T)`` + label embeddings → ``(B, C, T)``.
         Labels ``(B,)`` hold for the whole sequence; ``(B, T)`` give each frame
@@ -441,7 +474,9 @@ class IFFAR(nn.Module):
         tgt = feats[..., 1:].transpose(1, 2).reshape(-1, 2 * f)
         tmpl = self.template(note if note.dim() == 2 else note[:, None].expand(-1, t - 1))
         tmpl = tmpl.reshape(-1, f) if tmpl is not None else None
-        mag = self.mag_head(c, prev[:, :f], tmpl)
+        hist = self.mag_history_of(feats[:, :f, :-1])
+        hist = hist.reshape(-1, *hist.shape[2:]) if hist is not None else None
+        mag = self.mag_head(c, prev[:, :f], tmpl, hist)
         cond = self.flow.condition(c, mag, prev[:, :f], prev[:, f:], tmpl)
         # DC and Nyquist carry no IF: their targets are replaced by N(0, 1)
         # noise, so the flow's density stays proper there (no collapse onto 0)
@@ -454,17 +489,19 @@ class IFFAR(nn.Module):
     # -- generation ------------------------------------------------------------
     def predict(self, e: torch.Tensor, prev: torch.Tensor, note, family,
                 temperature: float = 1.0, generator: torch.Generator | None = None,
-                z: torch.Tensor | None = None, guard_ref: torch.Tensor | None = None) -> torch.Tensor:
+                z: torch.Tensor | None = None, guard_ref: torch.Tensor | None = None,
+                hist: torch.Tensor | None = None) -> torch.Tensor:
         """One generated frame from the embedding of the last context frame.
 
-        e ``(N, C)`` encoder output, prev ``(N, 2F)`` last frame's features →
+        e ``(N, C)`` encoder output, prev ``(N, 2F)`` last frame's features,
+        hist ``(N, h, F)`` the log-magnitudes before it (``mag_history``) →
         next frame's features ``(N, 2F)`` (standardised log-mag, normalised
         IF; the IF as generated, not yet wrapped)."""
         f = self.cfg.n_bins
         n_idx, f_idx = self.labels(note, family, e.shape[0], e.device)
         c = e + self.note_emb(n_idx) + self.family_emb(f_idx)
         tmpl = self.template(n_idx)
-        mag = self.clamp_mag(self.mag_head(c, prev[:, :f], tmpl) - self.mag_bias)
+        mag = self.clamp_mag(self.mag_head(c, prev[:, :f], tmpl, hist) - self.mag_bias)
         if guard_ref is not None:
             mag = self.level_guard(mag, guard_ref)
         cond = self.flow.condition(c, mag, prev[:, :f], prev[:, f:], tmpl)
@@ -522,12 +559,16 @@ class IFFAR(nn.Module):
             e = self.encoder(prompt)[..., -1]
         else:
             e = self.encoder(prompt)[..., -1]
+        f = self.cfg.n_bins
         prev = prompt[..., -1]
-        ref = prev[:, :self.cfg.n_bins].mean(-1, keepdim=True)
+        hist = self.mag_history_of(prompt[:, :f])
+        hist = hist[:, -1] if hist is not None else None
+        ref = prev[:, :f].mean(-1, keepdim=True)
         for _ in range(k):
             frame = self.predict(e, prev, note, family, temperature, g,
-                                 guard_ref=ref if guard else None)
+                                 guard_ref=ref if guard else None, hist=hist)
             outs.append(frame)
+            hist = self.push_history(hist, prev[:, :f])
             prev = self.feedback(frame)
             if cached:
                 e = self.encoder(prev.unsqueeze(-1))[..., -1]
@@ -571,6 +612,18 @@ def widen_for_template(state: dict, cfg: IFFARConfig) -> dict:
     for key in ("mag_head.conv1.weight", "flow.cond_net.weight"):
         w = out[key]
         out[key] = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)
+    return out
+
+
+def widen_for_history(state: dict, cfg: IFFARConfig, old_history: int = 0) -> dict:
+    """A state dict of a model with ``old_history`` frames of ``mag_history``
+    made loadable into one with ``cfg.mag_history`` more: MagHead's first
+    convolution gets zero weights for the new (last) input channels, so the
+    widened model computes what the old one did until training moves them."""
+    out = dict(state)
+    w = out["mag_head.conv1.weight"]
+    extra = cfg.mag_history - old_history
+    out["mag_head.conv1.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra, w.shape[2])], dim=1)
     return out
 
 

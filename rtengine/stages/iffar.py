@@ -236,6 +236,8 @@ class IFFARStream:
         with torch.no_grad():
             self.e = self.fast.start(self.prompt_feats)
         self.prev = self.prompt_feats[..., -1]
+        hist = self.model.mag_history_of(self.prompt_feats[:, :self.model.cfg.n_bins])
+        self.hist = hist[:, -1] if hist is not None else None
         self.level_ref = self.prev[:, :self.model.cfg.n_bins].mean(-1, keepdim=True)
         self.pos = 0
         self.phase = np.angle(self.prompt_X[:, -1]).copy()
@@ -281,7 +283,8 @@ class IFFARStream:
             emb, tmpl = self._label_embedding(note, family)
             c = self.e + emb
             pm, pi = self.prev[:, :f], self.prev[:, f:]
-            mag = torch.minimum(torch.maximum(m.mag_head(c, pm, tmpl) - m.mag_bias, self._lo), self._hi)
+            mag = torch.minimum(torch.maximum(m.mag_head(c, pm, tmpl, self.hist) - m.mag_bias, self._lo),
+                                self._hi)
             if self.guard:
                 mag = m.level_guard(mag, self.level_ref)
             t1 = clock() if t is not None else 0
@@ -289,6 +292,7 @@ class IFFARStream:
             z = torch.randn((1, f), generator=self.gen, dtype=mag.dtype) * temperature
             d = self.fast_flow.inverse(z, cond)
             t2 = clock() if t is not None else 0
+            self.hist = m.push_history(self.hist, pm)
             self.prev = m.feedback(torch.cat([mag, d], dim=1))
             self.e = self.fast.step(self.prev)
             t3 = clock() if t is not None else 0
