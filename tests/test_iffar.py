@@ -186,6 +186,14 @@ def test_frame_weights_of_the_loss():
     tgt = feats[1, :513, 6]
     assert torch.isclose(terms["mag"], (out["mag"][row] - tgt).abs().mean())
     assert torch.isclose(terms["nll"], out["nll"][row])
+    # squared error (mag_p = 2), weighted and plain
+    w2 = LossWeights(mag_p=2.0, mrstft=0.0, sisdr=0.0)
+    _, terms2 = iffar_loss(m, out, feats, None, A22, w2, skip=2, frame_weight=fw)
+    assert torch.isclose(terms2["mag"], ((out["mag"][row] - tgt) ** 2).mean())
+    _, t_plain = iffar_loss(m, out, feats, None, A22, w2, skip=2)
+    rows = torch.cat([torch.arange(2, 9), torch.arange(11, 18)])
+    tgts = feats[:, :513, 3:].transpose(1, 2).reshape(-1, 513)
+    assert torch.isclose(t_plain["mag"], ((out["mag"][rows] - tgts) ** 2).mean())
 
 
 def test_note_change_crops_label_the_first_frame_that_hears_the_new_note():

@@ -132,6 +132,9 @@ def main(argv=None) -> int:
     ap.add_argument("--operator", choices=("stream", "offline"), default="stream",
                     help="LatentFT's band selection: the live one-sided window (stream, default) or "
                          "the whole clip masked at once (offline, as the paper's experiments)")
+    ap.add_argument("--band-gain", type=float, default=1.0,
+                    help="gain of the kept band in the conditional generation (1: the paper's binary "
+                         "mask; > 1 boosts it, as a performer's fader can)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the results here")
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
 
     # 1. conditional generation ------------------------------------------------
     W = model.window
-    masks = torch.from_numpy(np.stack([band_mask(n, [b], 2 * W) for n, b, _ in conds]))
+    masks = args.band_gain * torch.from_numpy(np.stack([band_mask(n, [b], 2 * W) for n, b, _ in conds]))
     scores = {name: {"loudness": [], "rhythm": [], "loudness_power": []} for name in ("latentft", "spectrogram")}
     per_band = {f"{n}:{b}": {"hz": hz, "latentft": [], "spectrogram": []} for n, b, hz in conds}
     frames = {"latentft": [], "spectrogram": []}     # log-mel frames of the outputs, for mel_fd
@@ -229,7 +232,7 @@ def main(argv=None) -> int:
     import shlex
     cmd = "python tools/eval_latentft.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     res = {"command": cmd, "model": str(args.model), "split": args.split, "clips": [r["id"] for r in rows], "steps": args.steps,
-           "guidance": args.guidance, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "operator": args.operator, "lookahead": model.lookahead, "hop": model.hop,
+           "guidance": args.guidance, "band_gain": args.band_gain, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "operator": args.operator, "lookahead": model.lookahead, "hop": model.hop,
            "conditional": gen_table, "per_band": band_table, "blend": blend_table,
            "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}
     print("\nconditional generation (mean over 14 bands x clips)")

@@ -225,8 +225,8 @@ class IFFARTask:
         self.model.set_stats(stats)
         print(f"loaded {len(self.clips)} train / {len(self.val_clips)} val clips "
               f"in {time.time() - t0:.1f} s", flush=True)
-        self.weights = LossWeights(mag=args.w_mag, nll=args.w_nll, mrstft=args.w_mrstft,
-                                   sisdr=args.w_sisdr)
+        self.weights = LossWeights(mag=args.w_mag, mag_p=args.mag_p, nll=args.w_nll,
+                                   mrstft=args.w_mrstft, sisdr=args.w_sisdr)
         self.best = None
         self.bad = 0
         self.t0 = time.time()
@@ -404,6 +404,9 @@ def main(argv=None):
                    help="add the roll-out loss over K chained passes (0: off; see above)")
     p.add_argument("--w-rollout", type=float, default=1.0, help="weight of the roll-out loss")
     p.add_argument("--w-mag", type=float, default=1.0)
+    p.add_argument("--mag-p", type=float, default=1.0,
+                   help="exponent of the log-magnitude error: 1 = L1 (default), 2 = squared error "
+                        "(its optimum is the mean, which LSD scores; L1's is the median)")
     p.add_argument("--w-nll", type=float, default=0.5)
     p.add_argument("--w-mrstft", type=float, default=0.5)
     p.add_argument("--w-sisdr", type=float, default=0.02)

@@ -26,7 +26,8 @@ MR_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 
 @dataclass
 class LossWeights:
-    mag: float = 1.0       # log-magnitude L1 (standardised units)
+    mag: float = 1.0       # log-magnitude error (standardised units)
+    mag_p: float = 1.0     # its exponent: 1 = L1 (the median), 2 = squared error (the mean, what LSD scores)
     nll: float = 0.5       # flow NLL per dimension (nats)
     mrstft: float = 0.5    # multi-resolution STFT loss
     sisdr: float = 0.02    # −SI-SDR (dB)
@@ -35,9 +36,10 @@ class LossWeights:
         return asdict(self)
 
 
-def log_mag_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error of standardised log-magnitudes ``(N, F)``."""
-    return (pred - target).abs().mean()
+def log_mag_loss(pred: torch.Tensor, target: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    """Mean ``|error|^p`` of standardised log-magnitudes ``(N, F)`` (p = 1:
+    absolute error, p = 2: squared error)."""
+    return (pred - target).abs().pow(p).mean()
 
 
 def si_sdr(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -93,12 +95,12 @@ def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
     tgt = feats[..., 1:].transpose(1, 2).reshape(-1, 2 * f)
     keep = (torch.arange(t - 1, device=feats.device) >= skip).repeat(b)
     if frame_weight is None:
-        l_mag = log_mag_loss(out["mag"][keep], tgt[keep, :f])
+        l_mag = log_mag_loss(out["mag"][keep], tgt[keep, :f], w.mag_p)
         l_nll = out["nll"][keep].mean()
     else:
         fw = frame_weight.reshape(-1)[keep].to(out["mag"].dtype)
         fw = fw / fw.sum()
-        l_mag = ((out["mag"][keep] - tgt[keep, :f]).abs().mean(-1) * fw).sum()
+        l_mag = ((out["mag"][keep] - tgt[keep, :f]).abs().pow(w.mag_p).mean(-1) * fw).sum()
         l_nll = (out["nll"][keep] * fw).sum()
     terms = {"mag": l_mag, "nll": l_nll}
     total = w.mag * l_mag + w.nll * l_nll
