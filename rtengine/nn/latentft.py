@@ -279,7 +279,7 @@ DEFAULT_ARCH = {
     "n_mels": 80, "hidden": 128, "enc_blocks": 3, "latent": 32,
     "channels": [48, 64, 96], "dec_blocks": 1, "emb": 96, "in_skip": True, "mean_hidden": 0,
     "enc_skip": False,
-    "hop": 32, "context": 16, "lookahead": 32, "window": WINDOW,
+    "hop": 24, "context": 16, "lookahead": 32, "window": WINDOW,
 }
 
 
