@@ -441,6 +441,13 @@ class IFFAR(nn.Module):
         padded = torch.cat([mags[..., :1].expand(-1, -1, h), mags], dim=-1)
         return torch.stack([padded[..., h - j:h - j + t] for j in range(1, h + 1)], dim=1).permute(0, 3, 1, 2)
 
+    def history_after(self, mags: torch.Tensor) -> torch.Tensor | None:
+        """The history ``(B, h, F)`` that follows a sequence of standardised
+        log-magnitudes ``(B, F, T)`` (a prompt): the ``mag_history`` frames
+        before its last one; None without ``mag_history``."""
+        hist = self.mag_history_of(mags)
+        return hist[:, -1] if hist is not None else None
+
     @staticmethod
     def push_history(hist: torch.Tensor | None, frame_mag: torch.Tensor) -> torch.Tensor | None:
         """The history ``(N, h, F)`` one frame on: ``frame_mag`` ``(N, F)`` (the
@@ -561,8 +568,7 @@ class IFFAR(nn.Module):
             e = self.encoder(prompt)[..., -1]
         f = self.cfg.n_bins
         prev = prompt[..., -1]
-        hist = self.mag_history_of(prompt[:, :f])
-        hist = hist[:, -1] if hist is not None else None
+        hist = self.history_after(prompt[:, :f])
         ref = prev[:, :f].mean(-1, keepdim=True)
         for _ in range(k):
             frame = self.predict(e, prev, note, family, temperature, g,
@@ -610,8 +616,7 @@ def widen_for_template(state: dict, cfg: IFFARConfig) -> dict:
     computes what the old one did until training moves them."""
     out = dict(state)
     for key in ("mag_head.conv1.weight", "flow.cond_net.weight"):
-        w = out[key]
-        out[key] = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)
+        out[key] = _with_zero_inputs(out[key], 1)
     return out
 
 
@@ -621,10 +626,14 @@ def widen_for_history(state: dict, cfg: IFFARConfig, old_history: int = 0) -> di
     convolution gets zero weights for the new (last) input channels, so the
     widened model computes what the old one did until training moves them."""
     out = dict(state)
-    w = out["mag_head.conv1.weight"]
-    extra = cfg.mag_history - old_history
-    out["mag_head.conv1.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra, w.shape[2])], dim=1)
+    out["mag_head.conv1.weight"] = _with_zero_inputs(out["mag_head.conv1.weight"],
+                                                     cfg.mag_history - old_history)
     return out
+
+
+def _with_zero_inputs(w: torch.Tensor, n: int) -> torch.Tensor:
+    """A convolution weight ``(out, in, k)`` with ``n`` zero input channels appended."""
+    return torch.cat([w, w.new_zeros(w.shape[0], n, w.shape[2])], dim=1)
 
 
 # ------------------------------------------------------------------ loading

@@ -36,10 +36,10 @@ class LossWeights:
         return asdict(self)
 
 
-def log_mag_loss(pred: torch.Tensor, target: torch.Tensor, p: float = 1.0) -> torch.Tensor:
-    """Mean ``|error|^p`` of standardised log-magnitudes ``(N, F)`` (p = 1:
-    absolute error, p = 2: squared error)."""
-    return (pred - target).abs().pow(p).mean()
+def log_mag_error(pred: torch.Tensor, target: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    """Per-frame mean ``|error|^p`` of standardised log-magnitudes ``(N, F)`` →
+    ``(N,)`` (p = 1: absolute error, p = 2: squared error)."""
+    return (pred - target).abs().pow(p).mean(-1)
 
 
 def si_sdr(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -94,13 +94,14 @@ def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
     b, _, t = feats.shape
     tgt = feats[..., 1:].transpose(1, 2).reshape(-1, 2 * f)
     keep = (torch.arange(t - 1, device=feats.device) >= skip).repeat(b)
+    err = log_mag_error(out["mag"][keep], tgt[keep, :f], w.mag_p)
     if frame_weight is None:
-        l_mag = log_mag_loss(out["mag"][keep], tgt[keep, :f], w.mag_p)
+        l_mag = err.mean()
         l_nll = out["nll"][keep].mean()
     else:
         fw = frame_weight.reshape(-1)[keep].to(out["mag"].dtype)
         fw = fw / fw.sum()
-        l_mag = ((out["mag"][keep] - tgt[keep, :f]).abs().pow(w.mag_p).mean(-1) * fw).sum()
+        l_mag = (err * fw).sum()
         l_nll = (out["nll"][keep] * fw).sum()
     terms = {"mag": l_mag, "nll": l_nll}
     total = w.mag * l_mag + w.nll * l_nll

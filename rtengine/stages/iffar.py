@@ -236,8 +236,7 @@ class IFFARStream:
         with torch.no_grad():
             self.e = self.fast.start(self.prompt_feats)
         self.prev = self.prompt_feats[..., -1]
-        hist = self.model.mag_history_of(self.prompt_feats[:, :self.model.cfg.n_bins])
-        self.hist = hist[:, -1] if hist is not None else None
+        self.hist = self.model.history_after(self.prompt_feats[:, :self.model.cfg.n_bins])
         self.level_ref = self.prev[:, :self.model.cfg.n_bins].mean(-1, keepdim=True)
         self.pos = 0
         self.phase = np.angle(self.prompt_X[:, -1]).copy()
