@@ -225,15 +225,15 @@ def test_note_change_crops_label_the_first_frame_that_hears_the_new_note():
     assert int(plain["switch_at"]) == -1
 
 
-@pytest.mark.parametrize("history", [0, 3])
-def test_chained_rollout_passes_equal_a_teacher_free_rollout_at_temperature_zero(history):
+@pytest.mark.parametrize("history,base", [(0, 1), (3, 1), (3, 4)])
+def test_chained_rollout_passes_equal_a_teacher_free_rollout_at_temperature_zero(history, base):
     """The roll-out loss's K parallel passes reproduce, for the first K frames
     after the prompt, exactly what IFFAR.rollout generates at T = 0."""
     import sys
     sys.path.insert(0, str(REPO / "tools"))
     import train_iffar as T
 
-    m = history_model(seed=4) if history else tiny_model(seed=4)
+    m = history_model(seed=4, base=base) if history else tiny_model(seed=4)
     torch.manual_seed(1)
     sr = A22.sample_rate
     t = torch.arange(14 * 256 + 1024, dtype=torch.float64) / sr
@@ -259,17 +259,44 @@ def test_chained_rollout_passes_equal_a_teacher_free_rollout_at_temperature_zero
 
 
 # ------------------------------------------------------------------ streaming
-def history_model(seed=0, history=3) -> IFFAR:
-    """tiny_model widened with ``mag_history`` frames, the new weights randomised."""
-    from rtengine.nn.iffar import widen_for_history
+def history_model(seed=0, history=3, base=1) -> IFFAR:
+    """tiny_model widened with ``mag_history`` frames (and a ``mag_base`` mix
+    of the last ``base`` frames), the new weights randomised."""
+    from rtengine.nn.iffar import add_mag_base, widen_for_history
 
-    cfg = tiny_config(mag_history=history)
+    cfg = tiny_config(mag_history=history, mag_base=base)
     m = IFFAR(cfg, A22)
-    m.load_state_dict(widen_for_history(tiny_model(seed).state_dict(), cfg))
+    state = widen_for_history(tiny_model(seed).state_dict(), cfg)
+    m.load_state_dict(add_mag_base(state, cfg) if base > 1 else state)
     m = m.to(torch.float64).eval()
     with torch.no_grad():
         m.mag_head.conv1.weight[:, -history:].normal_(std=0.3)
+        if base > 1:
+            m.mag_head.base_logits.normal_(std=1.0)
     return m
+
+
+def test_mag_base_starts_at_the_mean_of_the_last_frames_and_learns_its_mix():
+    from rtengine.nn.iffar import add_mag_base, widen_for_history
+
+    old = tiny_model(seed=3)
+    cfg = tiny_config(mag_history=3, mag_base=4)
+    new = IFFAR(cfg, A22).to(torch.float64)
+    new.load_state_dict(add_mag_base(widen_for_history(old.state_dict(), cfg), cfg))
+    torch.manual_seed(2)
+    c = torch.randn(4, 16, dtype=torch.float64)
+    prev = torch.randn(4, 513, dtype=torch.float64)
+    hist = torch.randn(4, 3, 513, dtype=torch.float64)
+    # the residual now sits on the mean of prev and the 3 frames before it
+    got = new.mag_head(c, prev, None, hist)
+    want = old.mag_head(c, prev) - prev + (prev + hist.sum(1)) / 4
+    assert torch.allclose(got, want, atol=1e-12)
+    # the mixing weights are trained: the loss reaches them
+    got.square().mean().backward()
+    assert new.mag_head.base_logits.grad.abs().max() > 0
+    # a base wider than the history is refused
+    with pytest.raises(ValueError, match="mag_history"):
+        IFFAR(tiny_config(mag_history=1, mag_base=4), A22)
 
 
 def test_mag_history_widening_is_function_preserving_and_the_history_is_causal():
@@ -301,12 +328,13 @@ def test_mag_history_widening_is_function_preserving_and_the_history_is_causal()
     assert (pa - pb).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("guard,template,history", [(False, False, 0), (True, False, 0),
-                                                    (False, True, 0), (False, False, 3)])
-def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template, history):
+@pytest.mark.parametrize("guard,template,history,base", [(False, False, 0, 1), (True, False, 0, 1),
+                                                         (False, True, 0, 1), (False, False, 3, 1),
+                                                         (False, False, 3, 4)])
+def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template, history, base):
     from rtengine.stages.iffar import IFFARStream, harmonic_tone
 
-    m = history_model(history=history) if history else tiny_model()
+    m = history_model(history=history, base=base) if history else tiny_model()
     if template:
         from rtengine.nn.iffar import widen_for_template
 

@@ -61,6 +61,22 @@ def test_training_mask_fraction_follows_threshold():
 
 
 # -- bands ---------------------------------------------------------------------
+def test_band_training_masks_are_non_empty_unions_of_one_partitions_bands():
+    from rtengine.nn.latentft import band_training_mask
+
+    m = band_training_mask(300, 1024, torch.Generator().manual_seed(0)).numpy()
+    assert set(np.unique(m)) <= {0.0, 1.0} and (m.sum(1) > 0).all()
+    sizes = {2: set(), 4: set(), 8: set()}
+    for row in m:
+        # some partition explains the row: every band wholly kept or wholly dropped
+        fits = [n for n in (2, 4, 8)
+                if all(len(set(row[band_index(n, 1024) == b])) == 1 for b in range(n))]
+        assert fits
+        n = max(fits)
+        sizes[n].add(int(sum(row[band_index(n, 1024) == b][0] for b in range(n))))
+    assert 1 in sizes[8] and len(sizes[8]) >= 5       # single bands and larger subsets occur
+
+
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_band_partitions_cover_unit_interval(n):
     e = np.asarray(band_edges(n))

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rtengine.config import get_config  # noqa: E402
 from rtengine.nn.iffar import (FAMILIES, IFFAR, IFFARConfig, export_state, load_iffar,  # noqa: E402
-                                widen_for_history, widen_for_template)
+                                add_mag_base, widen_for_history, widen_for_template)
 from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
 from rtengine.nn.iffar_losses import LossWeights, iffar_loss  # noqa: E402
 from rtengine.train.checkpoint import load_checkpoint  # noqa: E402
@@ -187,7 +187,7 @@ class IFFARTask:
         self.cfg = IFFARConfig(channels=args.channels, layers=args.layers,
                                flow_layers=args.flow_layers, flow_hidden=args.flow_hidden,
                                if_mode=args.if_mode, pitch_template=args.pitch_template,
-                               mag_history=args.mag_history)
+                               mag_history=args.mag_history, mag_base=args.mag_base)
         self.model = IFFAR(self.cfg, self.audio)
         if args.init:
             # warm start: weights and feature statistics of a trained model
@@ -202,6 +202,9 @@ class IFFARTask:
             if self.cfg.mag_history > init_cfg.mag_history:
                 state = widen_for_history(state, self.cfg, init_cfg.mag_history)
                 init_cfg = IFFARConfig.from_dict({**init_cfg.to_dict(), "mag_history": self.cfg.mag_history})
+            if self.cfg.mag_base > 1 and init_cfg.mag_base == 1:
+                state = add_mag_base(state, self.cfg)
+                init_cfg = IFFARConfig.from_dict({**init_cfg.to_dict(), "mag_base": self.cfg.mag_base})
             if init_cfg != self.cfg:
                 raise SystemExit(f"--init {args.init}: its config {init.cfg} differs from this run's")
             self.model.load_state_dict(state)
@@ -394,6 +397,9 @@ def main(argv=None):
     p.add_argument("--mag-history", type=int, default=0, metavar="H",
                    help="MagHead also reads the H frames before the last, per bin (with --init from a "
                         "model with fewer: its weights are widened, function-preserving)")
+    p.add_argument("--mag-base", type=int, default=1, metavar="K",
+                   help="MagHead's residual is added to a learned mix of the last K frames (uniform at "
+                        "first; needs --mag-history >= K-1); 1: the last frame, as shipped")
     p.add_argument("--switch-weight", type=float, default=1.0,
                    help=f"loss weight of the first {SWITCH_FRAMES} frames after a note change (default 1)")
     p.add_argument("--init", metavar="MODEL", default=None,

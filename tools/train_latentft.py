@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rtengine.config import get_config  # noqa: E402
 from rtengine.nn.edm import edm_loss  # noqa: E402
 from rtengine.nn.latentft import (LOG_MEL_MIN, LatentFTModel, TrainingMask,  # noqa: E402
-                                  apply_latent_mask, save_weights, scale_mel)
+                                  apply_latent_mask, band_training_mask, save_weights, scale_mel)
 
 
 # ---------------------------------------------------------------------------
@@ -96,7 +96,7 @@ class StreamSampler:
 
 def make_batch(model: LatentFTModel, xs: torch.Tensor, mask_gen: TrainingMask, k: int,
                gen: torch.Generator, p_uncond: float = 0.1, p_context_drop: float = 0.0,
-               context_noise: float = 0.0):
+               context_noise: float = 0.0, band_share: float = 0.0):
     """Streams ``(S, 80, W+(k-1)H)`` → training examples of the live operator.
 
     Returns cond ``(S·k, C, P+H)``, context ``(S·k, 80, P)``, target
@@ -111,6 +111,10 @@ def make_batch(model: LatentFTModel, xs: torch.Tensor, mask_gen: TrainingMask, k
         tgt.append(xs[..., end - D - H:end - D])
     win = torch.cat(wins, 0)
     mask = mask_gen.sample(win.shape[0], generator=gen)           # eq. 4
+    if band_share > 0:   # a share of the live kind of mask: bands of a 2/4/8 partition
+        pick = torch.rand(win.shape[0], generator=gen) < band_share
+        if pick.any():
+            mask[pick] = band_training_mask(int(pick.sum()), 2 * W, gen)
     zm = apply_latent_mask(win, mask, 2 * W)                      # eq. 3, mask, inverse
     cond = zm[..., W - D - H - P:W - D]                          # one-sided operator
     drop = (torch.rand(win.shape[0], generator=gen) < p_uncond).float()[:, None, None]
@@ -154,8 +158,9 @@ class Trainable(nn.Module):
 
     def __init__(self, arch: dict | None, windows: int, ema: float, context_drop: float = 0.5,
                  context_noise: float = 0.05, p_mean: float = -1.2, p_std: float = 1.2,
-                 w_mean: float = 1.0):
+                 w_mean: float = 1.0, band_share: float = 0.0):
         super().__init__()
+        self.band_share = band_share
         self.w_mean = w_mean
         self.p_mean, self.p_std = p_mean, p_std
         self.context_drop, self.context_noise = context_drop, context_noise
@@ -186,7 +191,8 @@ class Trainable(nn.Module):
         if self.training:
             self.update_ema()   # the weights of the previous optimizer step
         cond, ctx, tgt = make_batch(self.net, streams, self.mask_gen, self.windows, None,
-                                    p_context_drop=self.context_drop, context_noise=self.context_noise)
+                                    p_context_drop=self.context_drop, context_noise=self.context_noise,
+                                    band_share=self.band_share)
         loss = edm_loss(self.net.denoiser, tgt, cond, ctx, p_mean=self.p_mean, p_std=self.p_std)
         mean = getattr(self.net.denoiser, "mean", None)
         if mean is not None and self.w_mean > 0:
@@ -280,6 +286,9 @@ def main(argv=None) -> int:
     ap.add_argument("--p-std", type=float, default=1.2, help="training ln σ std (EDM P_std)")
     ap.add_argument("--w-mean", type=float, default=1.0,
                     help="weight of the mean path's own MSE (arch mean_hidden > 0)")
+    ap.add_argument("--band-masks", type=float, default=0.0, metavar="P",
+                    help="share of training masks drawn as band selections of a 2/4/8-band partition "
+                         "(what the faders set) instead of eq. 4; validation stays on eq. 4")
     ap.add_argument("--init", default=None, help="start from these weights.pt (model and EMA)")
     ap.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     ap.add_argument("--no-progress", action="store_true")
@@ -307,7 +316,7 @@ def main(argv=None) -> int:
         init = torch.load(args.init, map_location="cpu", weights_only=True)
         arch = dict(init["arch"], **(json.loads(args.arch) if args.arch else {}))
     model = Trainable(arch, args.windows, args.ema, args.context_drop, args.context_noise,
-                      args.p_mean, args.p_std, args.w_mean)
+                      args.p_mean, args.p_std, args.w_mean, args.band_masks)
     if init is not None:
         missing, unexpected = model.net.load_state_dict(init["state_dict"], strict=False)
         if unexpected or missing:   # only layers added by --arch may be missing (zero-initialised)

@@ -74,6 +74,8 @@ class IFFARConfig:
     n_families: int = len(FAMILIES)
     pitch_template: bool = False  # beyond the paper: the note also as partials per bin
     mag_history: int = 0          # beyond the paper: MagHead also sees this many earlier frames per bin
+    mag_base: int = 1             # beyond the paper: MagHead's residual is added to a learned
+                                  # convex mix of the last mag_base frames (1: the last frame)
 
     @property
     def receptive_field(self) -> int:
@@ -179,7 +181,12 @@ class MagHead(nn.Module):
     per bin. With ``residual_mag`` the result is added to the last frame's
     log-magnitude ``prev`` ``(N, F)``. With ``mag_history`` = h the
     convolutions also read the h frames before ``prev`` (``hist`` ``(N, h, F)``,
-    most recent first). Output ``(N, F)``."""
+    most recent first). With ``mag_base`` = k > 1 the residual is added to
+    ``Σ_j a_j m_{t−j}`` over ``prev`` and the k − 1 frames before it, with
+    ``a = softmax(base_logits)`` (k weights shared by all bins, a uniform
+    mean at initialisation): the mean of the last few frames predicts a
+    noisy bin better than its last value, and a convex mix keeps the level.
+    Output ``(N, F)``."""
 
     def __init__(self, cfg: IFFARConfig):
         super().__init__()
@@ -187,6 +194,12 @@ class MagHead(nn.Module):
         self.residual = cfg.residual_mag
         self.template = cfg.pitch_template
         self.history = cfg.mag_history
+        self.base = cfg.mag_base
+        if self.base > 1:
+            if cfg.mag_history < self.base - 1:
+                raise ValueError(f"mag_base {self.base} needs mag_history >= {self.base - 1}, "
+                                 f"got {cfg.mag_history}")
+            self.base_logits = nn.Parameter(torch.zeros(self.base))
         self.fc1 = nn.Linear(cfg.channels, cfg.channels)
         self.fc2 = nn.Linear(cfg.channels, cfg.mag_channels * cfg.n_bins)
         self.conv1 = nn.Conv1d(cfg.mag_channels + 1 + int(cfg.pitch_template) + cfg.mag_history,
@@ -210,7 +223,15 @@ class MagHead(nn.Module):
             parts.append(hist if hist is not None else prev.unsqueeze(1).expand(-1, self.history, -1))
         h = torch.cat(parts, dim=1)
         d = self.conv2(Fn.gelu(self.conv1(h))).squeeze(1)
-        return prev + d if self.residual else d
+        return self.residual_base(prev, parts[-1] if self.history else None) + d if self.residual else d
+
+    def residual_base(self, prev: torch.Tensor, hist: torch.Tensor | None) -> torch.Tensor:
+        """What the residual is added to: ``prev`` ``(N, F)``, or with
+        ``mag_base`` the learned mix of it and the frames of ``hist`` before it."""
+        if self.base == 1:
+            return prev
+        frames = torch.cat([prev.unsqueeze(1), hist[:, :self.base - 1]], dim=1)   # (N, k, F)
+        return torch.einsum("k,nkf->nf", torch.softmax(self.base_logits, 0), frames)
 
 
 # ------------------------------------------------------------------ flow
@@ -628,6 +649,16 @@ def widen_for_history(state: dict, cfg: IFFARConfig, old_history: int = 0) -> di
     out = dict(state)
     out["mag_head.conv1.weight"] = _with_zero_inputs(out["mag_head.conv1.weight"],
                                                      cfg.mag_history - old_history)
+    return out
+
+
+def add_mag_base(state: dict, cfg: IFFARConfig) -> dict:
+    """A state dict of a model with ``mag_base`` 1 made loadable into one
+    with ``cfg.mag_base`` > 1: uniform mixing weights. Not function-preserving
+    (the residual's base moves from the last frame to a mean); fine-tuning
+    adapts the residual."""
+    out = dict(state)
+    out["mag_head.base_logits"] = torch.zeros(cfg.mag_base)
     return out
 
 

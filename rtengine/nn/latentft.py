@@ -227,6 +227,27 @@ def band_mask(n_bands: int, keep, n_dft: int = N_DFT) -> np.ndarray:
     return np.isin(idx, list(keep)).astype(np.float32)
 
 
+def band_training_mask(batch: int, n_dft: int = N_DFT,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Beyond the paper: masks of the kind a performer sets, for training.
+
+    Per example a partition of 2, 4 or 8 bands (equally likely) and a random
+    non-empty subset of its bands (each band kept when its uniform draw
+    exceeds the example's uniform threshold, so subsets of every size occur,
+    single bands included). Eq. 4 rarely draws such sharp-edged selections
+    of one narrow band. → ``(batch, N/2 + 1)`` float 0/1."""
+    out = torch.empty(batch, n_dft // 2 + 1)
+    counts = (2, 4, 8)
+    for i in range(batch):
+        n = counts[int(torch.randint(0, 3, (1,), generator=generator))]
+        u = torch.rand(n, generator=generator)
+        keep = u > torch.rand(1, generator=generator)
+        if not keep.any():
+            keep[int(torch.argmax(u))] = True
+        out[i] = torch.from_numpy(band_mask(n, torch.nonzero(keep)[:, 0].tolist(), n_dft))
+    return out
+
+
 def gains_to_mask(gains, n_bands: int | None = None, n_dft: int = N_DFT) -> np.ndarray:
     """Continuous band gains → per-bin mask (0 = remove, 1 = keep, > 1 = boost).
 
