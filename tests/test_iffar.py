@@ -475,3 +475,24 @@ def test_osc_facing_params_exist_and_drive_the_stage(tiny_weights):
     m0 = st.stream.mag.copy()
     eng.render_frames(10)
     assert np.array_equal(st.stream.mag, m0)
+
+
+def test_loud_if_error_weighs_bins_by_their_power_and_wraps():
+    from rtengine.nn.iffar_losses import loud_if_error
+
+    m = tiny_model(seed=1)
+    f = 513
+    torch.manual_seed(0)
+    tgt = torch.randn(3, 2 * f, dtype=torch.float64)
+    tgt[:, 100] += 20.0                      # one loud bin per frame (standardised units)
+    mad = m.if_mad
+    assert float(loud_if_error(m, {"if0": tgt[:, f:].clone()}, tgt).abs().max()) < 1e-12
+    quiet = tgt[:, f:].clone()
+    quiet[:, 300] += 1.0 / mad[300]          # 1 rad off in a quiet bin
+    loud = tgt[:, f:].clone()
+    loud[:, 100] += 1.0 / mad[100]           # 1 rad off in the loud bin
+    wrapped = tgt[:, f:].clone()
+    wrapped[:, 100] += (1.0 + 2 * math.pi) / mad[100]   # the same phase advance, one turn on
+    e_q, e_l, e_w = (loud_if_error(m, {"if0": x}, tgt) for x in (quiet, loud, wrapped))
+    assert (e_l > 0.4).all() and (e_q < 1e-6).all()
+    assert torch.allclose(e_l, e_w, atol=1e-9)

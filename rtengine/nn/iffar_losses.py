@@ -31,6 +31,7 @@ class LossWeights:
     nll: float = 0.5       # flow NLL per dimension (nats)
     mrstft: float = 0.5    # multi-resolution STFT loss
     sisdr: float = 0.02    # −SI-SDR (dB)
+    if_loud: float = 0.0   # power-weighted phase-advance error of the flow's z = 0 IF (beyond the paper)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +41,22 @@ def log_mag_error(pred: torch.Tensor, target: torch.Tensor, p: float = 1.0) -> t
     """Per-frame mean ``|error|^p`` of standardised log-magnitudes ``(N, F)`` →
     ``(N,)`` (p = 1: absolute error, p = 2: squared error)."""
     return (pred - target).abs().pow(p).mean(-1)
+
+
+def loud_if_error(model, out: dict, tgt: torch.Tensor) -> torch.Tensor:
+    """Per-frame power-weighted phase error of the flow's IF at ``z = 0``:
+    ``Σ_b p_b (1 − cos(Δφ̂_b − Δφ_b)) / Σ_b p_b``, ``p_b = |X_b|²`` of the true
+    frame. ``out["if0"]`` ``(N, F)``, ``tgt`` ``(N, 2F)`` true features → ``(N,)``.
+
+    The NLL weighs every bin alike, and most bins are noise whose IF is
+    unpredictable; a partial's IF is nearly constant, and a small error there
+    is what a roll-out's phase accumulates. 1 − cos is the wrap-aware squared
+    error (≈ e²/2 for small e)."""
+    f = model.cfg.n_bins
+    err = model.denorm_if(out["if0"]) - model.denorm_if(tgt[:, f:])      # rad; hetero or raw alike
+    p = torch.exp(2 * model.denorm_mag(tgt[:, :f])).detach()
+    p = p / p.sum(-1, keepdim=True)
+    return (p * (1 - torch.cos(err))).sum(-1)
 
 
 def si_sdr(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -105,6 +122,10 @@ def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
         l_nll = (out["nll"][keep] * fw).sum()
     terms = {"mag": l_mag, "nll": l_nll}
     total = w.mag * l_mag + w.nll * l_nll
+    if w.if_loud and "if0" in out:
+        l_ifl = loud_if_error(model, {"if0": out["if0"][keep]}, tgt[keep]).mean()
+        terms["if_loud"] = l_ifl
+        total = total + w.if_loud * l_ifl
     if X is not None and "if0" in out and (w.mrstft or w.sisdr):
         ref, est = teacher_forced_audio(model, out, X, audio)
         l_mr = mrstft_loss(ref, est)
