@@ -11,7 +11,9 @@ the targets. Metrics on the target frames (rtengine.metrics where it has them):
 * LSD (dB), spectral convergence (linear ratio), complex MSE (mean |X − X̂|²);
 * log-magnitude MAE/RMSE (dB);
 * IF MAE/RMSE on the normalised scale (circular error / MAD, all bins, as the
-  paper) and IF MAE in rad on the loud bins (within 40 dB of the frame's peak);
+  paper), IF MAE in rad on the loud bins (within 40 dB of the frame's peak)
+  and weighted by each bin's true power (the partials, where a roll-out's
+  phase must hold);
 * SI-SDR of the target span's audio, with the predicted magnitude and phase,
   with the ground-truth phase (``phase GT``) and with the ground-truth
   magnitude (``mag GT``);
@@ -65,6 +67,7 @@ PAPER = {"lsd_db": 3.36, "spec_conv": 6.28, "complex_mse": 180.37, "logmag_mae":
 COLUMNS = [("lsd_db", "LSD dB"), ("spec_conv", "SpecConv"), ("complex_mse", "Complex MSE"),
            ("logmag_mae", "LogMag MAE dB"), ("logmag_rmse", "LogMag RMSE dB"),
            ("if_mae", "IF MAE"), ("if_rmse", "IF RMSE"), ("if_mae_rad_loud", "IF MAE rad (loud)"),
+           ("if_mae_rad_power", "IF MAE rad (power-weighted)"),
            ("si_sdr", "SI-SDR"), ("si_sdr_phase_gt", "SI-SDR phase GT"),
            ("si_sdr_mag_gt", "SI-SDR mag GT"), ("consistency_db", "consistency dB"),
            ("consistency_heap_db", "consistency heap dB"), ("si_sdr_mag_gt_heap", "SI-SDR mag GT heap")]
@@ -114,6 +117,7 @@ def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndar
         "if_mae": float(np.mean(err[1:-1]) / mad),
         "if_rmse": float(np.sqrt(np.mean(err[1:-1] ** 2)) / mad),
         "if_mae_rad_loud": float(np.mean(err[loud])),
+        "if_mae_rad_power": float(np.sum(err * Mt ** 2) / max(np.sum(Mt ** 2), 1e-20)),
         "si_sdr": metrics.si_sdr(ref, audio(Xh)),
         "si_sdr_phase_gt": metrics.si_sdr(ref, audio(M * np.exp(1j * np.angle(X)))),
         "si_sdr_mag_gt": metrics.si_sdr(ref, audio(Mt * np.exp(1j * phi))),
