@@ -496,3 +496,21 @@ def test_loud_if_error_weighs_bins_by_their_power_and_wraps():
     e_q, e_l, e_w = (loud_if_error(m, {"if0": x}, tgt) for x in (quiet, loud, wrapped))
     assert (e_l > 0.4).all() and (e_q < 1e-6).all()
     assert torch.allclose(e_l, e_w, atol=1e-9)
+
+
+@pytest.mark.parametrize("flow_only", [False, True])
+def test_loud_if_term_reaches_the_encoder_only_when_asked(flow_only):
+    from rtengine.nn.iffar_losses import LossWeights, iffar_loss
+
+    m = tiny_model(seed=2)
+    torch.manual_seed(3)
+    feats = torch.randn(2, 2 * 513, 10, dtype=torch.float64)
+    out = m(feats, torch.tensor([60, 61]), torch.tensor([1, 1]))
+    w = LossWeights(mag=0.0, nll=0.0, mrstft=0.0, sisdr=0.0, if_loud=1.0, if_loud_flow_only=flow_only)
+    total, terms = iffar_loss(m, out, feats, None, A22, w)
+    assert float(terms["if_loud"]) > 0
+    total.backward()
+    enc = sum(float(p.grad.abs().sum()) for p in m.encoder.parameters() if p.grad is not None)
+    flow = sum(float(p.grad.abs().sum()) for p in m.flow.parameters() if p.grad is not None)
+    assert flow > 0
+    assert (enc == 0) if flow_only else (enc > 0)

@@ -229,7 +229,8 @@ class IFFARTask:
         print(f"loaded {len(self.clips)} train / {len(self.val_clips)} val clips "
               f"in {time.time() - t0:.1f} s", flush=True)
         self.weights = LossWeights(mag=args.w_mag, mag_p=args.mag_p, nll=args.w_nll,
-                                   mrstft=args.w_mrstft, sisdr=args.w_sisdr, if_loud=args.w_if_loud)
+                                   mrstft=args.w_mrstft, sisdr=args.w_sisdr, if_loud=args.w_if_loud,
+                                   if_loud_flow_only=args.if_loud_flow_only)
         self.best = None
         self.bad = 0
         self.t0 = time.time()
@@ -419,6 +420,9 @@ def main(argv=None):
     p.add_argument("--w-if-loud", type=float, default=0.0,
                    help="weight of the power-weighted phase-advance error of the flow's IF at z = 0 "
                         "(the loud bins, where a roll-out's phase must hold; 0: off, as in the paper)")
+    p.add_argument("--if-loud-flow-only", action="store_true",
+                   help="let --w-if-loud train the flow only (its condition detached), so the encoder "
+                        "and MagHead see the paper's losses alone")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -493,7 +493,9 @@ class IFFAR(nn.Module):
         of each predicted frame. Returns (``N = B·(T−1)``):
         ``mag`` (N, F) predicted standardised log-magnitude, ``nll`` (N,) flow
         NLL per dimension of the true IF, ``if0`` (N, F) the flow's IF at
-        temperature 0 (``z = 0``; for the audio losses, when ``sample_tf``)."""
+        temperature 0 (``z = 0``; for the audio losses, when ``sample_tf``),
+        ``cond_inputs`` what the flow's condition is made of (``flow.condition``'s
+        arguments)."""
         f = self.cfg.n_bins
         b, _, t = feats.shape
         c = self.context(self.encoder(feats[..., :-1]), note, family)   # (B, C, T-1)
@@ -509,7 +511,8 @@ class IFFAR(nn.Module):
         # DC and Nyquist carry no IF: their targets are replaced by N(0, 1)
         # noise, so the flow's density stays proper there (no collapse onto 0)
         x = tgt[:, f:] * self.if_valid + torch.randn_like(mag) * (1 - self.if_valid)
-        out = {"mag": mag, "nll": self.flow.nll(x, cond)}
+        out = {"mag": mag, "nll": self.flow.nll(x, cond),
+               "cond_inputs": (c, mag, prev[:, :f], prev[:, f:], tmpl)}
         if sample_tf:
             out["if0"] = self.flow.inverse(torch.zeros_like(mag), cond)
         return out

@@ -32,6 +32,7 @@ class LossWeights:
     mrstft: float = 0.5    # multi-resolution STFT loss
     sisdr: float = 0.02    # −SI-SDR (dB)
     if_loud: float = 0.0   # power-weighted phase-advance error of the flow's z = 0 IF (beyond the paper)
+    if_loud_flow_only: bool = False   # that term trains the flow alone (its condition detached)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +124,11 @@ def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
     terms = {"mag": l_mag, "nll": l_nll}
     total = w.mag * l_mag + w.nll * l_nll
     if w.if_loud and "if0" in out:
-        l_ifl = loud_if_error(model, {"if0": out["if0"][keep]}, tgt[keep]).mean()
+        if0 = out["if0"][keep]
+        if w.if_loud_flow_only:   # keep the encoder and MagHead out of this term
+            args = [a[keep].detach() if a is not None else None for a in out["cond_inputs"]]
+            if0 = model.flow.inverse(torch.zeros_like(if0), model.flow.condition(*args))
+        l_ifl = loud_if_error(model, {"if0": if0}, tgt[keep]).mean()
         terms["if_loud"] = l_ifl
         total = total + w.if_loud * l_ifl
     if X is not None and "if0" in out and (w.mrstft or w.sisdr):
