@@ -486,14 +486,14 @@ def test_loud_if_error_weighs_bins_by_their_power_and_wraps():
     tgt = torch.randn(3, 2 * f, dtype=torch.float64)
     tgt[:, 100] += 20.0                      # one loud bin per frame (standardised units)
     mad = m.if_mad
-    assert float(loud_if_error(m, {"if0": tgt[:, f:].clone()}, tgt).abs().max()) < 1e-12
+    assert float(loud_if_error(m, tgt[:, f:].clone(), tgt).abs().max()) < 1e-12
     quiet = tgt[:, f:].clone()
     quiet[:, 300] += 1.0 / mad[300]          # 1 rad off in a quiet bin
     loud = tgt[:, f:].clone()
     loud[:, 100] += 1.0 / mad[100]           # 1 rad off in the loud bin
     wrapped = tgt[:, f:].clone()
     wrapped[:, 100] += (1.0 + 2 * math.pi) / mad[100]   # the same phase advance, one turn on
-    e_q, e_l, e_w = (loud_if_error(m, {"if0": x}, tgt) for x in (quiet, loud, wrapped))
+    e_q, e_l, e_w = (loud_if_error(m, x, tgt) for x in (quiet, loud, wrapped))
     assert (e_l > 0.4).all() and (e_q < 1e-6).all()
     assert torch.allclose(e_l, e_w, atol=1e-9)
 

@@ -220,14 +220,17 @@ class MagHead(nn.Module):
         if self.template:
             parts.append((template if template is not None else torch.zeros_like(prev)).unsqueeze(1))
         if self.history:
-            parts.append(hist if hist is not None else prev.unsqueeze(1).expand(-1, self.history, -1))
+            if hist is None:
+                hist = prev.unsqueeze(1).expand(-1, self.history, -1)
+            parts.append(hist)
         h = torch.cat(parts, dim=1)
         d = self.conv2(Fn.gelu(self.conv1(h))).squeeze(1)
-        return self.residual_base(prev, parts[-1] if self.history else None) + d if self.residual else d
+        return self.residual_base(prev, hist) + d if self.residual else d
 
     def residual_base(self, prev: torch.Tensor, hist: torch.Tensor | None) -> torch.Tensor:
         """What the residual is added to: ``prev`` ``(N, F)``, or with
-        ``mag_base`` the learned mix of it and the frames of ``hist`` before it."""
+        ``mag_base`` the learned mix of it and the frames of ``hist`` before it
+        (``mag_base`` > 1 implies ``mag_history``, so ``hist`` is set then)."""
         if self.base == 1:
             return prev
         frames = torch.cat([prev.unsqueeze(1), hist[:, :self.base - 1]], dim=1)   # (N, k, F)

@@ -44,17 +44,17 @@ def log_mag_error(pred: torch.Tensor, target: torch.Tensor, p: float = 1.0) -> t
     return (pred - target).abs().pow(p).mean(-1)
 
 
-def loud_if_error(model, out: dict, tgt: torch.Tensor) -> torch.Tensor:
+def loud_if_error(model, if0: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """Per-frame power-weighted phase error of the flow's IF at ``z = 0``:
     ``Σ_b p_b (1 − cos(Δφ̂_b − Δφ_b)) / Σ_b p_b``, ``p_b = |X_b|²`` of the true
-    frame. ``out["if0"]`` ``(N, F)``, ``tgt`` ``(N, 2F)`` true features → ``(N,)``.
+    frame. ``if0`` ``(N, F)`` normalised IF, ``tgt`` ``(N, 2F)`` true features → ``(N,)``.
 
     The NLL weighs every bin alike, and most bins are noise whose IF is
     unpredictable; a partial's IF is nearly constant, and a small error there
     is what a roll-out's phase accumulates. 1 − cos is the wrap-aware squared
     error (≈ e²/2 for small e)."""
     f = model.cfg.n_bins
-    err = model.denorm_if(out["if0"]) - model.denorm_if(tgt[:, f:])      # rad; hetero or raw alike
+    err = model.denorm_if(if0) - model.denorm_if(tgt[:, f:])      # rad; hetero or raw alike
     p = torch.exp(2 * model.denorm_mag(tgt[:, :f])).detach()
     p = p / p.sum(-1, keepdim=True)
     return (p * (1 - torch.cos(err))).sum(-1)
@@ -128,7 +128,7 @@ def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
         if w.if_loud_flow_only:   # keep the encoder and MagHead out of this term
             args = [a[keep].detach() if a is not None else None for a in out["cond_inputs"]]
             if0 = model.flow.inverse(torch.zeros_like(if0), model.flow.condition(*args))
-        l_ifl = loud_if_error(model, {"if0": if0}, tgt[keep]).mean()
+        l_ifl = loud_if_error(model, if0, tgt[keep]).mean()
         terms["if_loud"] = l_ifl
         total = total + w.if_loud * l_ifl
     if X is not None and "if0" in out and (w.mrstft or w.sisdr):
