@@ -41,8 +41,10 @@ def test_vocode_block_size_does_not_change_output(wav, tmp_path):
         y, sr = sf.read(tmp_path / f"b{b}.wav")
         assert sr == 22050 and len(y) == 44100
         outs.append(y)
+    # float32 convolutions over 1 frame or 16 frames at once round apart by
+    # about 1e-5 (-100 dBFS) on some CPUs; a chunking error would be far larger
     for y in outs[1:]:
-        assert np.abs(y - outs[0]).max() <= 1e-5
+        assert np.abs(y - outs[0]).max() <= 5e-5
     assert np.all(np.isfinite(outs[0])) and np.abs(outs[0]).max() <= 1.0
     assert np.sqrt(np.mean(outs[0] ** 2)) > 0.05   # it is sound, not silence
 

@@ -514,3 +514,45 @@ def test_loud_if_term_reaches_the_encoder_only_when_asked(flow_only):
     flow = sum(float(p.grad.abs().sum()) for p in m.flow.parameters() if p.grad is not None)
     assert flow > 0
     assert (enc == 0) if flow_only else (enc > 0)
+
+
+def test_trainer_with_train_flow_changes_the_flow_alone(tmp_path):
+    """``--train flow`` from a trained model: the exported flow moves, the
+    encoder, label embeddings and MagHead keep their weights exactly."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from rtengine.nn.iffar import load_iffar
+
+    sr = A22.sample_rate
+    t = np.arange(sr) / sr
+    rows = []
+    for i, (f0, split) in enumerate(((110.0, "train"), (196.0, "train"), (330.0, "val"))):
+        x = sum(0.3 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 5)).astype(np.float32)
+        sf.write(tmp_path / f"n{i}.wav", x, sr)
+        rows.append({"id": f"n{i}", "path": f"n{i}.wav", "split": split,
+                     "labels": {"pitches": [45 + 7 * i], "family": "organ"}})
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.manual_seed(0)
+    init = IFFAR(IFFARConfig(channels=16, layers=2, flow_layers=2, flow_hidden=8), A22)
+    init.set_stats({"mag_mean": torch.full((513,), -6.0), "mag_std": torch.full((513,), 3.0),
+                    "if_median": torch.zeros(513), "if_mad": torch.full((513,), 0.5)})
+    torch.save(export_state(init), tmp_path / "init.pt")
+    args = ["tools/train_iffar.py", "--data", str(tmp_path), "--init", str(tmp_path / "init.pt"),
+            "--train", "flow", "--w-if-loud", "1", "--channels", "16", "--layers", "2",
+            "--flow-layers", "2", "--flow-hidden", "8", "--steps", "3", "--batch-size", "2",
+            "--frames", "12", "--skip", "2", "--val-every", "3", "--val-clips", "1", "--lr", "1e-2",
+            "--no-progress", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
+    r = subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after = init.state_dict(), load_iffar(tmp_path / "out").state_dict()
+    moved = {k for k in before if k != "mag_bias" and not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("flow.") for k in moved), moved
+    r = subprocess.run([sys.executable, "tools/train_iffar.py", "--data", str(tmp_path), "--train", "flow",
+                        "--run", str(tmp_path / "run2")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--train flow needs --init" in r.stderr and "Traceback" not in r.stderr

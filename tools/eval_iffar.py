@@ -70,7 +70,8 @@ COLUMNS = [("lsd_db", "LSD dB"), ("spec_conv", "SpecConv"), ("complex_mse", "Com
            ("if_mae_rad_power", "IF MAE rad (power-weighted)"),
            ("si_sdr", "SI-SDR"), ("si_sdr_phase_gt", "SI-SDR phase GT"),
            ("si_sdr_mag_gt", "SI-SDR mag GT"), ("consistency_db", "consistency dB"),
-           ("consistency_heap_db", "consistency heap dB"), ("si_sdr_mag_gt_heap", "SI-SDR mag GT heap")]
+           ("consistency_heap_db", "consistency heap dB"), ("si_sdr_mag_gt_heap", "SI-SDR mag GT heap"),
+           ("level_end_db", "level end dB")]
 
 
 def heap_phases(mag: np.ndarray, omega: np.ndarray, phi0: np.ndarray, mag0: np.ndarray, cfg,
@@ -97,6 +98,7 @@ def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndar
     true and predicted Δφ (rad)."""
     Mt = np.abs(X)
     Xh = M * np.exp(1j * phi)
+    q = max(1, X.shape[1] // 4)
     ldb = 20 * np.log10(np.maximum(Mt, 1e-5))
     ldb_h = 20 * np.log10(np.maximum(M, 1e-5))
     err = np.abs(wrap(torch.as_tensor(d_est - d_true)).numpy())
@@ -122,6 +124,10 @@ def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndar
         "si_sdr_phase_gt": metrics.si_sdr(ref, audio(M * np.exp(1j * np.angle(X)))),
         "si_sdr_mag_gt": metrics.si_sdr(ref, audio(Mt * np.exp(1j * phi))),
         "consistency_db": consistency(M, phi, cfg),
+        # power of the last quarter of the frames against the truth's: a
+        # roll-out whose partials fade (or swell) shows here, not in LSD alone
+        "level_end_db": float(10 * np.log10(np.sum(M[:, -q:] ** 2) / max(np.sum(Mt[:, -q:] ** 2), 1e-20)
+                                            + 1e-20)),
     }
     if phi_heap is not None:
         out["consistency_heap_db"] = consistency(M, phi_heap, cfg)

@@ -208,6 +208,14 @@ class IFFARTask:
             if init_cfg != self.cfg:
                 raise SystemExit(f"--init {args.init}: its config {init.cfg} differs from this run's")
             self.model.load_state_dict(state)
+        if args.train == "flow":
+            # the encoder, labels and MagHead keep their weights: the flow
+            # learns on a fixed context, and the magnitudes (and their
+            # calibration) stay those of the --init model
+            if not args.init:
+                raise SystemExit("--train flow needs --init: it trains the flow of a trained model")
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(name.startswith("flow."))
         rows = read_manifest(data, "train", args.limit)
         t0 = time.time()
         self.clips = [load_clip(data, r, self.audio.sample_rate) for r in rows]
@@ -423,6 +431,9 @@ def main(argv=None):
     p.add_argument("--if-loud-flow-only", action="store_true",
                    help="let --w-if-loud train the flow only (its condition detached), so the encoder "
                         "and MagHead see the paper's losses alone")
+    p.add_argument("--train", choices=("all", "flow"), default="all",
+                   help="which parameters train: all, or the IF flow alone (with --init; "
+                        "the encoder and MagHead stay frozen)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
