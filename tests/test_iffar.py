@@ -516,32 +516,41 @@ def test_loud_if_term_reaches_the_encoder_only_when_asked(flow_only):
     assert (enc == 0) if flow_only else (enc > 0)
 
 
-def test_trainer_with_train_flow_changes_the_flow_alone(tmp_path):
-    """``--train flow`` from a trained model: the exported flow moves, the
-    encoder, label embeddings and MagHead keep their weights exactly."""
+def _notes_set(folder):
+    """Three 1-s harmonic notes with a manifest (two train, one val) and a
+    small untrained model saved as ``init.pt``, for the trainer as a user runs it."""
     import json
-    import os
-    import subprocess
-    import sys
 
     import soundfile as sf
-
-    from rtengine.nn.iffar import load_iffar
 
     sr = A22.sample_rate
     t = np.arange(sr) / sr
     rows = []
     for i, (f0, split) in enumerate(((110.0, "train"), (196.0, "train"), (330.0, "val"))):
         x = sum(0.3 / k * np.sin(2 * np.pi * k * f0 * t) for k in range(1, 5)).astype(np.float32)
-        sf.write(tmp_path / f"n{i}.wav", x, sr)
+        sf.write(folder / f"n{i}.wav", x, sr)
         rows.append({"id": f"n{i}", "path": f"n{i}.wav", "split": split,
                      "labels": {"pitches": [45 + 7 * i], "family": "organ"}})
-    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     torch.manual_seed(0)
     init = IFFAR(IFFARConfig(channels=16, layers=2, flow_layers=2, flow_hidden=8), A22)
     init.set_stats({"mag_mean": torch.full((513,), -6.0), "mag_std": torch.full((513,), 3.0),
                     "if_median": torch.zeros(513), "if_mad": torch.full((513,), 0.5)})
-    torch.save(export_state(init), tmp_path / "init.pt")
+    torch.nn.init.normal_(init.mag_head.conv2.weight, std=0.05)   # a MagHead with a bias to calibrate
+    torch.save(export_state(init), folder / "init.pt")
+    return init
+
+
+def test_trainer_with_train_flow_changes_the_flow_alone(tmp_path):
+    """``--train flow`` from a trained model: the exported flow moves, the
+    encoder, label embeddings and MagHead keep their weights exactly."""
+    import os
+    import subprocess
+    import sys
+
+    from rtengine.nn.iffar import load_iffar
+
+    init = _notes_set(tmp_path)
     args = ["tools/train_iffar.py", "--data", str(tmp_path), "--init", str(tmp_path / "init.pt"),
             "--train", "flow", "--w-if-loud", "1", "--channels", "16", "--layers", "2",
             "--flow-layers", "2", "--flow-hidden", "8", "--steps", "3", "--batch-size", "2",
@@ -556,3 +565,26 @@ def test_trainer_with_train_flow_changes_the_flow_alone(tmp_path):
     r = subprocess.run([sys.executable, "tools/train_iffar.py", "--data", str(tmp_path), "--train", "flow",
                         "--run", str(tmp_path / "run2")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--train flow needs --init" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_calibration_scale_is_chosen_by_rollout_lsd(tmp_path):
+    """``--calibrate M --calibrate-scales``: the stored bias is the chosen
+    share of the teacher-forced one, and the choice is the scale whose
+    roll-outs score the lowest LSD (recomputed here)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import train_iffar as T
+    from rtengine.nn.iffar import load_iffar
+
+    _notes_set(tmp_path)
+    plain = T.calibrate(str(tmp_path / "init.pt"), str(tmp_path), clips=1)
+    bias = load_iffar(tmp_path / "init.pt").mag_bias.clone()
+    assert "scale" not in plain and bias.abs().max() > 0
+    rep = T.main(["--calibrate", str(tmp_path / "init.pt"), "--data", str(tmp_path), "--val-clips", "1",
+                  "--calibrate-scales", "0,0.5,1,3"])
+    lsd = {float(a): v for a, v in rep["rollout_lsd"].items()}
+    assert set(lsd) == {0.0, 0.5, 1.0, 3.0} and len(set(lsd.values())) > 1   # the scale matters
+    assert rep["scale"] == min(lsd, key=lsd.get)
+    got = load_iffar(tmp_path / "init.pt").mag_bias
+    assert torch.allclose(got, rep["scale"] * bias, atol=1e-6)
