@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -97,6 +98,11 @@ def test_parameters_set_from_another_thread():
             e.set("mel.eq", rng.uniform(-24, 12, 8).tolist())
             e.params["vocoder.gain"].set(rng.uniform(-48, 12))
             e.panic() if rng.random() < 0.01 else None
+            # an OSC thread waits on its socket between messages; a loop that
+            # never sleeps would hold the GIL and starve the audio thread for
+            # minutes on a slow CPU (10 000 changes a second is still far
+            # more than any controller sends)
+            time.sleep(1e-4)
 
     t = threading.Thread(target=twiddle)
     t.start()
