@@ -126,8 +126,8 @@ def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndar
         "consistency_db": consistency(M, phi, cfg),
         # power of the last quarter of the frames against the truth's: a
         # roll-out whose partials fade (or swell) shows here, not in LSD alone
-        "level_end_db": float(10 * np.log10(np.sum(M[:, -q:] ** 2) / max(np.sum(Mt[:, -q:] ** 2), 1e-20)
-                                            + 1e-20)),
+        "level_end_db": float(10 * np.log10(max(np.sum(M[:, -q:] ** 2), 1e-20)
+                                            / max(np.sum(Mt[:, -q:] ** 2), 1e-20))),
     }
     if phi_heap is not None:
         out["consistency_heap_db"] = consistency(M, phi_heap, cfg)

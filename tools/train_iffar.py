@@ -344,15 +344,13 @@ class IFFARTask:
              "val": metrics.get("val")}, indent=1, default=float))
 
 
-def rollout_lsd(model, bias: torch.Tensor, feats: list, labels: list, prompt: int = 40, k: int = 32,
+def rollout_lsd(model, feats: list, labels: list, prompt: int = 40, k: int = 32,
                 temperature: float = 0.7) -> float:
     """Mean LSD (dB) of ``k``-frame roll-outs after ``prompt`` true frames,
-    generated with ``bias`` as the MagHead calibration."""
+    generated with the model's current MagHead calibration."""
     from rtengine.metrics import log_spectral_distance_mag
 
     f = model.cfg.n_bins
-    saved = model.mag_bias.clone()
-    model.mag_bias.copy_(bias)
     out = []
     with torch.no_grad():
         for i, (x, (note, fam)) in enumerate(zip(feats, labels)):
@@ -362,7 +360,6 @@ def rollout_lsd(model, bias: torch.Tensor, feats: list, labels: list, prompt: in
             est = torch.exp(model.denorm_mag(gen[0, :f].T)).T
             ref = torch.exp(model.denorm_mag(x[0, :f, prompt:prompt + k].T)).T
             out.append(log_spectral_distance_mag(ref.numpy(), est.numpy()))
-    model.mag_bias.copy_(saved)
     return float(np.mean(out))
 
 
@@ -396,7 +393,10 @@ def calibrate(weights: str, data: str, clips: int = 48, frames: int = 260,
     report = {"split": "val", "clips": len(rows), "frames": frames,
               "mean_bias": float(bias.mean()), "max_bias": float(bias.max())}
     if scales:
-        lsd = {a: rollout_lsd(model, bias * a, feats[:rollout_clips], labels) for a in scales}
+        lsd = {}
+        for a in scales:
+            model.mag_bias.copy_(bias * a)
+            lsd[a] = rollout_lsd(model, feats[:rollout_clips], labels)
         best = min(lsd, key=lsd.get)
         bias = bias * best
         report.update(scale=best, rollout_clips=min(rollout_clips, len(feats)),
