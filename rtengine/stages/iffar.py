@@ -28,7 +28,6 @@ seeded with the stage's seed, so output does not depend on block sizes.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from ..control.params import Param
 from ..dsp.ola import OverlapAdd
 from ..dsp.stft import stft as np_stft
 from ..errors import UserError
+from ..nn.iffar_step import FrameStep
 from .base import AUDIO, Stage, register_stage
 
 PHASE_MODES = ("direct", "heap")
@@ -70,102 +70,6 @@ def harmonic_tone(note: float, seconds: float, sr: int, harmonics: int = 12,
     return (0.5 * x / max(np.abs(x).max(), 1e-9)).astype(np.float32)
 
 
-class FastEncoderStep:
-    """The TCN encoder, one frame at a time, as plain matrix products.
-
-    Same arithmetic as :class:`~rtengine.nn.iffar.TCNContextEncoder` with its
-    per-layer caches (tested against the offline roll-out), with fewer
-    operations per frame: each block keeps a ring of its last ``d`` inputs
-    (``d`` its dilation), the two kernel taps are one product, and the residual
-    and skip projections are one product. Kernel 2 only."""
-
-    def __init__(self, encoder):
-        blocks = list(encoder.blocks)
-        if any(b.conv.kernel_size[0] != 2 for b in blocks):
-            raise ValueError("FastEncoderStep needs kernel 2")
-        self.c = encoder.inp.out_channels
-        w = lambda conv: conv.weight.detach()[..., 0]          # noqa: E731
-        self.w_in, self.b_in = w(encoder.inp).T.contiguous(), encoder.inp.bias.detach()[None]
-        self.w_out, self.b_out = w(encoder.out).T.contiguous(), encoder.out.bias.detach()[None]
-        self.blocks = []
-        for b in blocks:
-            wt = b.conv.weight.detach()                          # (2C, C, 2)
-            w_taps = torch.cat([wt[..., 0], wt[..., 1]], dim=1).T.contiguous()   # (2C_in, 2C)
-            w_rs = torch.cat([w(b.res), w(b.skip)], dim=0).T.contiguous()          # (C, 2C)
-            b_rs = torch.cat([b.res.bias.detach(), b.skip.bias.detach()])[None]
-            self.blocks.append((b.conv.dilation[0], w_taps, b.conv.bias.detach()[None], w_rs, b_rs))
-        self.encoder = encoder
-
-    def start(self, feats: torch.Tensor) -> torch.Tensor:
-        """Run the prompt ``(1, 2F, P)`` offline; fill the rings; return the
-        last frame's embedding ``(1, C)``."""
-        enc = self.encoder
-        enc.set_streaming(False)
-        h = enc.inp(feats)
-        skip = 0.0
-        self.rings, self.pos = [], []
-        for blk, (d, *_ ) in zip(enc.blocks, self.blocks):
-            hist = torch.nn.functional.pad(h, (max(0, d - h.shape[-1]), 0))[0, :, -d:].T   # (d, C)
-            self.rings.append(hist.contiguous())
-            self.pos.append(0)
-            h, s_ = blk(h)
-            skip = skip + s_
-        return enc.out(torch.nn.functional.gelu(skip))[..., -1]
-
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        """One new frame ``(1, 2F)`` → its embedding ``(1, C)``."""
-        c = self.c
-        h = torch.addmm(self.b_in, x, self.w_in)
-        skip = None
-        for i, (d, w_taps, b_taps, w_rs, b_rs) in enumerate(self.blocks):
-            ring, p = self.rings[i], self.pos[i]
-            old = ring[p:p + 1].clone()
-            ring[p] = h[0]
-            self.pos[i] = (p + 1) % d
-            z = torch.addmm(b_taps, torch.cat([old, h], dim=1), w_taps)
-            g = torch.tanh(z[:, :c]) * torch.sigmoid(z[:, c:])
-            rs = torch.addmm(b_rs, g, w_rs)
-            h = (h + rs[:, :c]) * math.sqrt(0.5)
-            skip = rs[:, c:] if skip is None else skip + rs[:, c:]
-        return torch.addmm(self.b_out, torch.nn.functional.gelu(skip), self.w_out)
-
-
-class FastFlowInverse:
-    """:meth:`IFConditionalFlow.inverse` for one frame with fewer operations:
-    the condition projections of all coupling layers are one product, and the
-    constant mask channel's contribution is computed once. Same arithmetic."""
-
-    def __init__(self, flow):
-        Fn = torch.nn.functional
-        self.flow = flow
-        layers = list(flow.layers)
-        self.h = layers[0].inp.out_channels
-        self.w_cond = torch.cat([la.cond.weight.detach() for la in layers], dim=0)
-        const = []
-        for la in layers:
-            m = la.mask[None, None].to(la.inp.weight.dtype)
-            const.append(Fn.conv1d(m, la.inp.weight.detach()[:, 1:2], padding=2)[0]
-                         + la.inp.bias.detach()[:, None] + la.cond.bias.detach()[:, None])
-        self.const = torch.cat(const, dim=0)[None]
-        self.w_x = [la.inp.weight.detach()[:, :1].contiguous() for la in layers]
-
-    def inverse(self, z: torch.Tensor, cond) -> torch.Tensor:
-        Fn = torch.nn.functional
-        h, prev_if = cond
-        pre = Fn.conv1d(h, self.w_cond) + self.const
-        hs = self.h
-        for i in reversed(range(len(self.flow.layers))):
-            la = self.flow.layers[i]
-            a = Fn.conv1d((z * la.mask).unsqueeze(1), self.w_x[i], padding=2) + pre[:, i * hs:(i + 1) * hs]
-            st = la.out(Fn.gelu(la.hid(Fn.gelu(a))))
-            b = 1.0 - la.mask
-            s_ = la.s_max * torch.tanh(st[:, 0] / la.s_max) * b
-            z = (z - st[:, 1] * b) * torch.exp(-s_)
-        if self.flow.base is not None:
-            z = self.flow.base.inverse(z, h, prev_if)
-        return z
-
-
 class IFFARStream:
     """The streaming generator behind the stage: prompt → spectral frames.
 
@@ -175,8 +79,6 @@ class IFFARStream:
 
     def __init__(self, model, seed: int = 0, phase: str = "direct", play_prompt: bool = True,
                  guard: bool = False):
-        from ..nn.iffar_features import phase_advance
-
         if phase not in PHASE_MODES:
             raise UserError(f"iffar: phase must be one of {', '.join(PHASE_MODES)}, got {phase!r}")
         self.model = model.eval()
@@ -185,7 +87,6 @@ class IFFARStream:
         self.phase_mode = phase
         self.play_prompt = play_prompt
         self.guard = guard
-        self._advance = phase_advance
         self.dtype = next(model.parameters()).dtype
         f = self.audio.n_bins
         self.phase = np.zeros(f)
@@ -195,13 +96,8 @@ class IFFARStream:
             self.integrator = PhaseIntegrator(self.audio.n_fft, self.audio.hop, mode="heap",
                                               lookahead=False, use_lambda=False, seed=self.seed)
         self.prompt_feats = None
-        self.fast = FastEncoderStep(self.model.encoder)
-        self.fast_flow = FastFlowInverse(self.model.flow)
+        self.step = FrameStep(self.model)
         self._labels: dict = {}
-        m = self.model
-        with torch.no_grad():
-            self._lo = ((math.log(1e-5) - m.mag_mean) / m.mag_std)[None]
-            self._hi = ((m.mag_max + 0.7 - m.mag_mean) / m.mag_std)[None]
         self.timing = None          # dict of per-part seconds when set to {} by the caller
 
     # -- prompt ------------------------------------------------------------------
@@ -233,11 +129,7 @@ class IFFARStream:
             self.prime(None)
             return
         self.gen = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():
-            self.e = self.fast.start(self.prompt_feats)
-        self.prev = self.prompt_feats[..., -1]
-        self.hist = self.model.history_after(self.prompt_feats[:, :self.model.cfg.n_bins])
-        self.level_ref = self.prev[:, :self.model.cfg.n_bins].mean(-1, keepdim=True)
+        self.step.start(self.prompt_feats)
         self.pos = 0
         self.phase = np.angle(self.prompt_X[:, -1]).copy()
         self.mag = np.abs(self.prompt_X[:, -1]).copy()
@@ -263,46 +155,22 @@ class IFFARStream:
         return self.mag, self._integrate()
 
     def _label_embedding(self, note, family):
-        """→ (label embedding ``(1, C)``, pitch template ``(1, F)`` or None), cached."""
+        """→ (label embedding ``(C,)``, pitch template ``(F,)`` or None), cached."""
         key = (note, family)
         v = self._labels.get(key)
         if v is None:
             m = self.model
-            n_idx, f_idx = m.labels(note, family, 1, self.e.device)
-            v = self._labels[key] = (m.note_emb(n_idx) + m.family_emb(f_idx), m.template(n_idx))
+            with torch.no_grad():
+                n_idx, f_idx = m.labels(note, family, 1, "cpu")
+                tmpl = m.template(n_idx)
+                v = self._labels[key] = ((m.note_emb(n_idx) + m.family_emb(f_idx))[0].numpy(),
+                                         tmpl[0].numpy() if tmpl is not None else None)
         return v
 
     def _generate(self, note, family, temperature) -> None:
-        t = self.timing
-        m = self.model
-        f = m.cfg.n_bins
-        clock = time.perf_counter
-        with torch.no_grad():
-            t0 = clock() if t is not None else 0
-            emb, tmpl = self._label_embedding(note, family)
-            c = self.e + emb
-            pm, pi = self.prev[:, :f], self.prev[:, f:]
-            mag = torch.minimum(torch.maximum(m.mag_head(c, pm, tmpl, self.hist) - m.mag_bias, self._lo),
-                                self._hi)
-            if self.guard:
-                mag = m.level_guard(mag, self.level_ref)
-            t1 = clock() if t is not None else 0
-            cond = m.flow.condition(c, mag, pm, pi, tmpl)
-            z = torch.randn((1, f), generator=self.gen, dtype=mag.dtype) * temperature
-            d = self.fast_flow.inverse(z, cond)
-            t2 = clock() if t is not None else 0
-            self.hist = m.push_history(self.hist, pm)
-            self.prev = m.feedback(torch.cat([mag, d], dim=1))
-            self.e = self.fast.step(self.prev)
-            t3 = clock() if t is not None else 0
-            self.mag = torch.exp(m.denorm_mag(mag[0])).double().numpy()
-            self.omega = self._advance(m.denorm_if(d[0])[:, None], self.audio,
-                                       m.cfg.if_mode)[:, 0].double().numpy()
-        if t is not None:
-            t["maghead"] = t.get("maghead", 0.0) + t1 - t0
-            t["flow"] = t.get("flow", 0.0) + t2 - t1
-            t["encoder"] = t.get("encoder", 0.0) + t3 - t2
-            t["phase"] = t.get("phase", 0.0) + clock() - t3
+        emb, tmpl = self._label_embedding(note, family)
+        z = torch.randn((1, self.audio.n_bins), generator=self.gen, dtype=self.dtype)[0].numpy()
+        self.mag, self.omega = self.step(emb, tmpl, z * temperature, self.guard, self.timing)
 
     def _integrate(self) -> np.ndarray:
         t0 = time.perf_counter()
