@@ -401,3 +401,38 @@ def test_blend_patch_loads_and_touchosc_has_a_fader_per_band():
     for b in range(8):
         assert f"/rtengine/latentft/gain/{b}/norm" in xml
         assert f"/rtengine/latentft/gain_b/{b}/norm" in xml
+
+
+# -- tools/eval_latentft.py ------------------------------------------------------
+def _eval_tool():
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    return importlib.import_module("eval_latentft")
+
+
+def test_spectrogram_baseline_keeps_the_mel_with_every_band_and_removes_its_pattern_with_none():
+    ev = _eval_tool()
+    rng = np.random.default_rng(0)
+    mel = np.log(rng.uniform(1e-3, 1.0, (80, 100)))
+    both = ev.spectrogram_baseline(mel, lambda n: np.stack([band_mask(2, [0, 1], n), band_mask(2, [1], n)]))
+    np.testing.assert_allclose(both[0], np.maximum(mel, LOG_MEL_MIN), atol=1e-4)
+    # without the band holding DC each mel bin loses its mean over time
+    fast = scale_mel(both[1])
+    assert np.abs(fast.mean(axis=1)).max() < 0.05 < np.abs(scale_mel(mel).mean(axis=1)).max()
+
+
+def test_eval_vocoder_choice_pghi_or_the_pg_network():
+    ev = _eval_tool()
+    cfg = get_config("22k")
+    t = np.arange(cfg.sample_rate) / cfg.sample_rate
+    from rtengine.dsp.mel import log_mel
+
+    mel = log_mel((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), cfg)
+    outs = {name: ev.make_vocoder(name, cfg)(mel, 20000) for name in ("pghi", "pgvoc-22k")}
+    for y in outs.values():
+        assert y.shape == (20000,) and np.isfinite(y).all() and np.sqrt(np.mean(y ** 2)) > 0.05
+    assert np.abs(outs["pghi"] - outs["pgvoc-22k"]).max() > 1e-3
+    with pytest.raises(SystemExit, match="no PG vocoder"):
+        ev.make_vocoder("no-such-vocoder", cfg)

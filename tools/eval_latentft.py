@@ -12,6 +12,8 @@
    (what the authors' evaluation code computes).
    Baseline "Spectrogram": the scaled log-mel itself DFT-masked along time
    with the same band (offline, two-sided, whole clip), then vocoded.
+   ``--vocoder`` picks the vocoder of all outputs: PGHI (default) or a PG
+   vocoder network (``pgvoc-22k``), as the paper vocodes with one (BigVGAN).
    Quality (the paper's FAD, here on log-mel frames): the Fréchet distance
    between the scaled log-mel frames of the vocoded outputs and those of the
    input clips (``mel_fd``, lower is better).
@@ -37,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from rtengine.config import get_config  # noqa: E402
 from rtengine.dsp.mel import log_mel  # noqa: E402
@@ -67,6 +70,25 @@ def spectrogram_baseline(mel: np.ndarray, masks_fn) -> np.ndarray:
     m = torch.from_numpy(masks_fn(n))
     out = apply_latent_mask(y.expand(m.shape[0], -1, -1), m, n)
     return np.maximum(unscale_mel(out.numpy()), LOG_MEL_MIN)
+
+
+def make_vocoder(name: str, cfg):
+    """``vocode(log_mel (n_mels, T), length) -> audio``: the model-free PGHI
+    vocoder (``pghi``) or a PG vocoder network under ``models/`` (loaded once)."""
+    if name == "pghi":
+        return lambda m, length: vocode_pghi(m, cfg, length=length)
+    from rtengine.dsp.vocoder import run_offline
+    from rtengine.neural_vocoder import NeuralPGVocoder
+
+    d = Path(name) if Path(name).is_dir() else REPO / "models" / name
+    if not (d / "weights.pt").exists():
+        raise SystemExit(f"--vocoder {name}: no PG vocoder at {d} (expected weights.pt)")
+    voc = NeuralPGVocoder(cfg, d)
+
+    def run(m, length):
+        voc.reset()
+        return run_offline(voc, m, length)
+    return run
 
 
 def adherence(ref, est, band, sr) -> tuple[float, float, float]:
@@ -135,6 +157,10 @@ def main(argv=None) -> int:
     ap.add_argument("--band-gain", type=float, default=1.0,
                     help="gain of the kept band in the conditional generation (1: the paper's binary "
                          "mask; > 1 boosts it, as a performer's fader can)")
+    ap.add_argument("--vocoder", default="pghi",
+                    help="vocoder of every output, LatentFT's and the baselines' alike: pghi (model-free, "
+                         "default) or a PG vocoder network under models/ (e.g. pgvoc-22k; the paper vocodes "
+                         "with a network, BigVGAN)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the results here")
@@ -153,6 +179,7 @@ def main(argv=None) -> int:
     audio = [read_audio(manifest.parent / r["path"], sr) for r in rows]
     mels = [log_mel(x, cfg) for x in audio]
     conds = conditions()
+    vocode = make_vocoder(args.vocoder, cfg)
     t0 = time.time()
 
     # 1. conditional generation ------------------------------------------------
@@ -168,7 +195,7 @@ def main(argv=None) -> int:
         base = spectrogram_baseline(mel, lambda n: np.stack([band_mask(nb, [b], n) for nb, b, _ in conds]))
         for k, (n, b, hz) in enumerate(conds):
             for name, m in (("latentft", gen[k]), ("spectrogram", base[k])):
-                y = vocode_pghi(m.astype(np.float32), cfg, length=len(x))
+                y = vocode(m.astype(np.float32), len(x))
                 frames[name].append(scale_mel(log_mel(y, cfg)).T)
                 lo, rh, lp = adherence(x, y, hz, sr)
                 scores[name]["loudness"].append(lo)
@@ -213,7 +240,7 @@ def main(argv=None) -> int:
         sb = np.maximum(unscale_mel(sb[0].numpy()), LOG_MEL_MIN)
         L = min(len(xa), len(xb))
         for name, m in (("latentft", g), ("spectrogram", sb)):
-            y = vocode_pghi(m.astype(np.float32), cfg, length=L)
+            y = vocode(m.astype(np.float32), L)
             bl_frames[name].append(scale_mel(log_mel(y, cfg)).T)
             a = adherence(xa[:L], y, lo_hz, sr)
             b = adherence(xb[:L], y, hi_hz, sr)
@@ -232,7 +259,7 @@ def main(argv=None) -> int:
     import shlex
     cmd = "python tools/eval_latentft.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     res = {"command": cmd, "model": str(args.model), "split": args.split, "clips": [r["id"] for r in rows], "steps": args.steps,
-           "guidance": args.guidance, "band_gain": args.band_gain, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "operator": args.operator, "lookahead": model.lookahead, "hop": model.hop,
+           "guidance": args.guidance, "band_gain": args.band_gain, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "operator": args.operator, "vocoder": args.vocoder, "lookahead": model.lookahead, "hop": model.hop,
            "conditional": gen_table, "per_band": band_table, "blend": blend_table,
            "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}
     print("\nconditional generation (mean over 14 bands x clips)")
