@@ -124,6 +124,8 @@ def test_play_on_jack_with_osc_changes_and_garbage(tmp_path, jackd):
     assert st["osc"]["applied"] >= 2
     assert echo is not None and echo.address == "/rtengine/vocoder/gain" and echo.params == [0.0]
     assert st["algorithmic_latency_ms"] > 0 and st["buffering_latency_ms"] > 0
+    # the models and libraries were out of the garbage collector's reach while playing
+    assert st["gc"]["frozen_objects"] > 10_000, st["gc"]
 
     # the tap is the live engine's output: before the change it equals the
     # offline render of the same patch sample for sample

@@ -7,6 +7,10 @@
 
 The render thread keeps the ring filled to ``target`` samples (the buffering
 latency) by rendering whole frames; it releases the GIL inside numba/numpy.
+Before the stream starts, every object alive (the models, torch, numpy: some
+200 000) is moved out of the cyclic garbage collector's reach
+(``gc.freeze``): a full collection over them holds the GIL for about 100 ms
+on a small CPU, twice the default ring, and would starve the callback.
 The sounddevice callback only copies from the ring into the card's buffer
 (and into the tap ring for ``--record``); it allocates nothing sizeable, does
 not log, takes no lock, and counts an underrun whenever the ring holds less
@@ -15,6 +19,7 @@ than a block (the rest of the block is silence).
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
@@ -82,6 +87,10 @@ class LivePlayer:
         self.rendered = 0
         self.peak_load = 0.0
         self.tap_t0 = None
+        self.gc_collections = 0
+        self.gc_pause_max = 0.0
+        self.gc_frozen = 0
+        self._gc_t0 = 0.0
         self._stop = threading.Event()
         self._done = threading.Event()
         self._max_blocks = None if duration is None else -(-int(round(duration * sr)) // self.block_size)
@@ -125,6 +134,14 @@ class LivePlayer:
         if self._max_blocks is not None and self.blocks >= self._max_blocks:
             self._done.set()
 
+    def _gc_watch(self, phase: str, info: dict) -> None:
+        # gc callback: count collections and their longest pause
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        else:
+            self.gc_collections += 1
+            self.gc_pause_max = max(self.gc_pause_max, time.perf_counter() - self._gc_t0)
+
     def _drain_tap(self) -> None:
         if self.tap is not None and self.tap.available:
             chunk = np.empty(self.tap.available, dtype=np.float32)
@@ -142,11 +159,16 @@ class LivePlayer:
         hop = self.cfg.hop
         while self.ring.available + hop <= self.target:
             self.ring.write(eng.render_frames(1))
+        gc.collect()
+        gc.freeze()                   # see the module docstring
+        self.gc_frozen = gc.get_freeze_count()
+        gc.callbacks.append(self._gc_watch)
         try:
             stream = sd.OutputStream(samplerate=self.cfg.sample_rate, blocksize=self.block_size,
                                      device=self.device, channels=1, dtype="float32",
                                      callback=self._callback, latency="low")
         except Exception as e:
+            self._gc_release()
             raise UserError(f"cannot open output device {self.device!r}: {e}") from None
         if start_input is not None:
             start_input(device=self.device, blocksize=self.block_size)
@@ -173,6 +195,7 @@ class LivePlayer:
             self._stop.set()
             render.join(timeout=2.0)
             eng.close()
+            self._gc_release()
         self._drain_tap()
         if self.status:
             self._print_status()
@@ -185,6 +208,11 @@ class LivePlayer:
         st = self.stats()
         st["interrupted"] = interrupted
         return st
+
+    def _gc_release(self) -> None:
+        if self._gc_watch in gc.callbacks:
+            gc.callbacks.remove(self._gc_watch)
+        gc.unfreeze()
 
     def _print_status(self) -> None:
         sr = self.cfg.sample_rate
@@ -218,6 +246,8 @@ class LivePlayer:
             "buffering_latency_ms": 1000.0 * (self.target + self.block_size) / sr + dev_ms,
             "nonfinite": self.engine.nonfinite,
             "tap_t0_monotonic": self.tap_t0,
+            "gc": {"frozen_objects": self.gc_frozen, "collections": self.gc_collections,
+                   "max_pause_ms": 1000.0 * self.gc_pause_max},
         }
         st["total_latency_ms"] = st["algorithmic_latency_ms"] + st["buffering_latency_ms"]
         if self.osc is not None:
