@@ -118,7 +118,9 @@ def run_play(tmp_path, env, block_size=256, duration=10.0, change_at=3.0, extra=
 def test_play_on_jack_with_osc_changes_and_garbage(tmp_path, jackd):
     rc, st, rec, echo, (t_send, t_sent), patch = run_play(tmp_path, jackd)
     assert rc == 0
-    assert st["underruns"] == 0, st
+    assert st["underruns"] == 0, {k: st[k] for k in ("underrun_at_s", "cpu_load_peak", "tap_t0_monotonic",
+                                                     "gc", "osc_log")}
+    assert st["underrun_at_s"] == []
     assert st["blocks"] >= 10 * SR // 256
     assert st["osc"]["malformed"] >= 23, st["osc"]
     assert st["osc"]["applied"] >= 2

@@ -81,6 +81,7 @@ class LivePlayer:
         self._tap_chunks: list[np.ndarray] = []
         self.blocks = 0
         self.underruns = 0
+        self._underrun_blocks = np.zeros(64, dtype=np.int64)    # when the first 64 happened
         self.device_underflows = 0
         self.samples_out = 0
         self.busy = 0.0
@@ -124,6 +125,8 @@ class LivePlayer:
         n = self.ring.read_into(out)
         if n < frames:
             out[n:] = 0.0
+            if self.underruns < len(self._underrun_blocks):
+                self._underrun_blocks[self.underruns] = self.blocks
             self.underruns += 1
         if outdata.shape[1] > 1:
             outdata[:, 1:] = outdata[:, :1]
@@ -235,6 +238,8 @@ class LivePlayer:
             "blocks": self.blocks,
             "seconds": self.samples_out / sr,
             "underruns": self.underruns,
+            "underrun_at_s": [round(float(b) * self.block_size / sr, 4)
+                              for b in self._underrun_blocks[:min(self.underruns, len(self._underrun_blocks))]],
             "device_underflows": self.device_underflows,
             "cpu_load": self.busy / max(self.rendered / sr, 1e-9),
             "cpu_load_peak": self.peak_load,
