@@ -158,9 +158,10 @@ class Trainable(nn.Module):
 
     def __init__(self, arch: dict | None, windows: int, ema: float, context_drop: float = 0.5,
                  context_noise: float = 0.05, p_mean: float = -1.2, p_std: float = 1.2,
-                 w_mean: float = 1.0, band_share: float = 0.0):
+                 w_mean: float = 1.0, band_share: float = 0.0, w_level: float = 0.0):
         super().__init__()
         self.band_share = band_share
+        self.w_level = w_level
         self.w_mean = w_mean
         self.p_mean, self.p_std = p_mean, p_std
         self.context_drop, self.context_noise = context_drop, context_noise
@@ -171,6 +172,17 @@ class Trainable(nn.Module):
             self.register_buffer("ema_" + n.replace(".", "__"), p.detach().clone())
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.mask_gen = TrainingMask(2 * self.net.window)
+        if w_level > 0:
+            # a linear read-out of each frame's level from the latent (trained
+            # with it, not exported); the level: the scaled log-mel's mean over
+            # mel bands weighted by their width in STFT bins, as the loudness
+            # metrics average over STFT bins
+            from rtengine.dsp.mel import mel_filterbank
+
+            fb = mel_filterbank(get_config("22k"))
+            width = (fb > 0).sum(axis=1).astype(np.float64)
+            self.register_buffer("level_w", torch.from_numpy(width / width.sum()).float())
+            self.level_probe = nn.Linear(self.net.arch["latent"], 1)
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -198,6 +210,12 @@ class Trainable(nn.Module):
         if mean is not None and self.w_mean > 0:
             # the mean path's own regression target: the chunk's mel
             loss = loss + self.w_mean * ((mean(cond)[..., ctx.shape[-1]:] - tgt) ** 2).mean()
+        if self.w_level > 0:
+            # the latent must carry each frame's level linearly, so that a band
+            # mask on the latent is a band mask on the level (beyond the paper)
+            z = self.net.encode(streams).transpose(1, 2)                    # (S, L, C)
+            level = torch.einsum("m,sml->sl", self.level_w, streams)
+            loss = loss + self.w_level * ((self.level_probe(z)[..., 0] - level) ** 2).mean()
         return loss
 
 
@@ -289,6 +307,9 @@ def main(argv=None) -> int:
     ap.add_argument("--band-masks", type=float, default=0.0, metavar="P",
                     help="share of training masks drawn as band selections of a 2/4/8-band partition "
                          "(what the faders set) instead of eq. 4; validation stays on eq. 4")
+    ap.add_argument("--w-level", type=float, default=0.0,
+                    help="weight of a linear read-out of each frame's level from the latent (0: off): "
+                         "teaches the latent to carry the level linearly; use with --arch '{\"enc_skip\": true}'")
     ap.add_argument("--init", default=None, help="start from these weights.pt (model and EMA)")
     ap.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     ap.add_argument("--no-progress", action="store_true")
@@ -316,7 +337,7 @@ def main(argv=None) -> int:
         init = torch.load(args.init, map_location="cpu", weights_only=True)
         arch = dict(init["arch"], **(json.loads(args.arch) if args.arch else {}))
     model = Trainable(arch, args.windows, args.ema, args.context_drop, args.context_noise,
-                      args.p_mean, args.p_std, args.w_mean, args.band_masks)
+                      args.p_mean, args.p_std, args.w_mean, args.band_masks, args.w_level)
     if init is not None:
         missing, unexpected = model.net.load_state_dict(init["state_dict"], strict=False)
         if unexpected or missing:   # only layers added by --arch may be missing (zero-initialised)
