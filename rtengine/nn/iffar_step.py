@@ -9,8 +9,9 @@ runs in NumPy with as few operations as the maths allows:
 - the TCN encoder keeps a ring of the last ``d`` inputs per block (``d`` its
   dilation); both kernel taps are one product, the residual and skip
   projections one product;
-- every convolution across frequency is one product of all its taps with the
-  ``(channels, F)`` input, each tap's output then added at its shifted bins;
+- every convolution across frequency is one product of its flattened kernel
+  with the unfolded input (:class:`_Unfold`: a strided view of a zero-padded
+  buffer, copied once);
 - the flow's condition: the context channels are the same at every bin, so
   their share of the convolution is one small product; all coupling layers'
   condition projections are one product, and the constant mask channel's
