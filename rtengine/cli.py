@@ -79,6 +79,7 @@ def cmd_vocode(args) -> int:
             from .cli_engine import _device
 
             st = play_stdin(cfg, vocoder, device=_device(args.device), block_size=args.block_size or 256,
+                            latency_ms=args.latency,
                             record=args.output if args.output not in (None, "-") else None)
             from .engine.live import stats_line
 
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --stdin: play on the sound card (-o FILE also records what is played)")
     v.add_argument("--device", default=None, help="with --play: output device (index or name, see "
                                                   "'rtengine devices')")
+    v.add_argument("--latency", type=float, default=None, metavar="MS",
+                   help="with --play: ring buffer fill target in ms (default: max(4 hops, 3 blocks)); "
+                        "raise it if a loaded machine underruns")
     v.set_defaults(func=cmd_vocode)
 
     b = sub.add_parser("bench", help="measure speed and quality against reference implementations",

