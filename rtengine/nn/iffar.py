@@ -422,13 +422,18 @@ class IFFAR(nn.Module):
         """Standardised ``(…, F)`` → natural log-magnitude, clamped at ``MAX_LOG_MAG``."""
         return (m * self.mag_std + self.mag_mean).clamp(max=MAX_LOG_MAG)
 
+    def mag_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-bin bounds ``(lo, hi)`` ``(F,)`` of :meth:`clamp_mag`, standardised."""
+        lo = (math.log(1e-5) - self.mag_mean) / self.mag_std
+        hi = (self.mag_max + 0.7 - self.mag_mean) / self.mag_std
+        return lo, hi
+
     def clamp_mag(self, m: torch.Tensor) -> torch.Tensor:
         """Safeguard of a generated standardised log-magnitude ``(N, F)``: at
         most the loudest value each bin reached in the training set (+6 dB),
         at least the log floor. A roll-out that drifts upwards cannot feed
         itself ever louder frames."""
-        hi = (self.mag_max + 0.7 - self.mag_mean) / self.mag_std
-        lo = (math.log(1e-5) - self.mag_mean) / self.mag_std
+        lo, hi = self.mag_bounds()
         return torch.minimum(torch.maximum(m, lo), hi)
 
     def denorm_if(self, d: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as Fn
 
 from .iffar import MAX_LOG_MAG
-from .iffar_features import nominal_advance
+from .iffar_features import nominal_advance, wrap
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -256,8 +256,7 @@ class FrameStep:
         self.flow = FlowStep(m.flow)
         self.hetero = m.cfg.if_mode == "hetero"
         with torch.no_grad():
-            self.lo = _np((math.log(1e-5) - m.mag_mean) / m.mag_std)
-            self.hi = _np((m.mag_max + 0.7 - m.mag_mean) / m.mag_std)
+            self.lo, self.hi = (_np(b) for b in m.mag_bounds())
             self.mag_bias = _np(m.mag_bias)
             self.mag_mean, self.mag_std = _np(m.mag_mean), _np(m.mag_std)
             self.if_median, self.if_mad = _np(m.if_median), _np(m.if_mad)
@@ -279,9 +278,10 @@ class FrameStep:
                  guard: bool = False, timing: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One frame from the label embedding ``emb`` ``(C,)``, the note's
         template (or None) and the flow's latent ``z`` ``(F,)`` (already times
-        the temperature) → ``(magnitude (F,), phase advance Δφ (F,) rad)``; ``guard``: :meth:`IFFAR.level_guard` at the prompt's
-        level. ``timing``: per-part seconds are added to it. Both outputs
-        float64 (the phase path's precision)."""
+        the temperature) → ``(magnitude (F,), phase advance Δφ (F,) rad)``,
+        both float64 (the phase path's precision). ``guard``:
+        :meth:`IFFAR.level_guard` at the prompt's level. ``timing``: per-part
+        seconds are added to it."""
         clock = time.perf_counter
         t0 = clock()
         f = self.f
@@ -297,7 +297,7 @@ class FrameStep:
         if self.hist is not None:
             self.hist = np.concatenate([pm[None], self.hist[:-1]])
         if_ = (d * self.if_mad + self.if_median) * self.if_valid            # rad per hop
-        wrapped = if_ - 2 * math.pi * np.floor((if_ + math.pi) / (2 * math.pi))
+        wrapped = wrap(torch.from_numpy(if_)).numpy()
         self.prev = np.concatenate([mag, (wrapped - self.if_median) / self.if_mad * self.if_valid])
         self.e = self.encoder.step(self.prev)
         t3 = clock()
