@@ -588,3 +588,40 @@ def test_calibration_scale_is_chosen_by_rollout_lsd(tmp_path):
     assert rep["scale"] == min(lsd, key=lsd.get)
     got = load_iffar(tmp_path / "init.pt").mag_bias
     assert torch.allclose(got, rep["scale"] * bias, atol=1e-6)
+
+
+def test_self_feed_gives_the_same_frames_the_models_own_magnitude_and_if():
+    """``--self-feed`` / ``--self-feed-if``: the chosen input frames carry the
+    model's own teacher-forced magnitude and (wrapped) IF at z = 0, the same
+    frames both where both are on, frame 0 and the other frames stay true."""
+    import sys
+    from types import SimpleNamespace
+    sys.path.insert(0, str(REPO / "tools"))
+    import train_iffar as T
+
+    m = tiny_model(seed=2)
+    torch.manual_seed(0)
+    feats = torch.randn(3, 2 * 513, 10, dtype=torch.float64)
+    note, fam = m.labels(None, None, 3, "cpu")
+
+    def fed(p_mag, p_if):
+        task = SimpleNamespace(cfg=m.cfg, args=SimpleNamespace(self_feed=p_mag, self_feed_if=p_if,
+                                                              self_feed_temp=0.0))
+        torch.manual_seed(5)
+        return T.IFFARTask.self_fed(task, m, feats, note, fam)
+
+    assert fed(0.0, 0.0) is feats
+    with torch.no_grad():
+        out = m(feats, note, fam)
+    own_mag = out["mag"].reshape(3, 9, 513).transpose(1, 2)
+    own_if = m.renorm_if(out["if0"]).reshape(3, 9, 513).transpose(1, 2)
+    both = fed(1.0, 1.0)
+    assert torch.equal(both[..., 0], feats[..., 0])
+    assert torch.allclose(both[:, :513, 1:], own_mag) and torch.allclose(both[:, 513:, 1:], own_if)
+    assert not torch.allclose(own_if, feats[:, 513:, 1:])
+    half = fed(0.5, 0.5)
+    is_own_mag = (half[:, :513, 1:] != feats[:, :513, 1:]).any(1)
+    is_own_if = (half[:, 513:, 1:] != feats[:, 513:, 1:]).any(1)
+    assert torch.equal(is_own_mag, is_own_if) and 0 < int(is_own_if.sum()) < 27
+    only_if = fed(0.0, 1.0)
+    assert torch.equal(only_if[:, :513], feats[:, :513]) and torch.allclose(only_if[:, 513:, 1:], own_if)
