@@ -498,6 +498,29 @@ def test_loud_if_error_weighs_bins_by_their_power_and_wraps():
     assert torch.allclose(e_l, e_w, atol=1e-9)
 
 
+def test_loud_mag_error_weighs_bins_by_their_power():
+    from rtengine.nn.iffar_losses import LossWeights, iffar_loss, loud_mag_error
+
+    m = tiny_model(seed=1)
+    f = 513
+    torch.manual_seed(0)
+    tgt = torch.randn(3, 2 * f, dtype=torch.float64)
+    tgt[:, 100] += 20.0                      # one loud bin per frame (standardised units)
+    mag = tgt[:, :f].clone()
+    assert float(loud_mag_error(m, mag, tgt).abs().max()) < 1e-12
+    quiet, loud = mag.clone(), mag.clone()
+    quiet[:, 300] -= 1.0
+    loud[:, 100] -= 1.0                      # the partial 1 std down
+    e_q, e_l = loud_mag_error(m, quiet, tgt), loud_mag_error(m, loud, tgt)
+    assert (e_l > 0.99).all() and (e_q < 1e-6).all()
+    # in the total, with its weight, and named in the terms
+    feats = tgt.T[None].contiguous()         # (1, 2F, 3): frames 1, 2 are the targets
+    out = {"mag": loud[1:], "nll": torch.zeros(2, dtype=torch.float64)}
+    t0, _ = iffar_loss(m, out, feats, None, A22, LossWeights(mrstft=0, sisdr=0))
+    t1, terms = iffar_loss(m, out, feats, None, A22, LossWeights(mrstft=0, sisdr=0, mag_loud=3.0))
+    assert torch.isclose(t1 - t0, 3.0 * terms["mag_loud"]) and float(terms["mag_loud"]) > 0.99
+
+
 @pytest.mark.parametrize("flow_only", [False, True])
 def test_loud_if_term_reaches_the_encoder_only_when_asked(flow_only):
     from rtengine.nn.iffar_losses import LossWeights, iffar_loss
@@ -625,3 +648,36 @@ def test_self_feed_gives_the_same_frames_the_models_own_magnitude_and_if():
     assert torch.equal(is_own_mag, is_own_if) and 0 < int(is_own_if.sum()) < 27
     only_if = fed(0.0, 1.0)
     assert torch.equal(only_if[:, :513], feats[:, :513]) and torch.allclose(only_if[:, 513:, 1:], own_if)
+
+
+def test_partials_lost_sees_faded_partials_in_magnitude_and_smeared_phase_in_audio():
+    """eval_iffar's partials-lost figures: zero for the truth itself; the
+    magnitude figure grows when the partials fade into the floor; the audio
+    figure also when only the phase is scrambled (the partials smear)."""
+    import sys
+    sys.path.insert(0, str(REPO / "tools"))
+    import eval_iffar as E
+
+    sr, f0 = A22.sample_rate, 220.0
+    t = np.arange(int(0.6 * sr)) / sr
+    rng = np.random.default_rng(0)
+    x = sum(0.3 / h * np.sin(2 * np.pi * h * f0 * t) for h in range(1, 12)) + 1e-3 * rng.standard_normal(t.size)
+    X = feat.stft(torch.as_tensor(x)[None], A22)[0].numpy()[:, 4:36]
+    M, phi = np.abs(X), np.angle(X)
+    d = np.zeros_like(M)
+    assert E.harmonic_to_rest_db(M, f0, A22) > 20, E.harmonic_to_rest_db(M, f0, A22)
+    assert E.harmonic_to_rest_db(M, 100.0, A22) is None         # below 5 bins: not measured
+
+    def lost(M2, phi2):
+        m = E.frame_metrics(X, M2, phi2, d, d, 1.0, A22, f0=f0)
+        return m["partials_lost_db"], m["partials_lost_audio_db"]
+
+    same = lost(M, phi)
+    assert abs(same[0]) < 1e-9 and abs(same[1]) < 1.0
+    faded = M.copy()
+    k = np.arange(M.shape[0]) * sr / A22.n_fft
+    near = np.min(np.abs(k[:, None] - f0 * np.arange(1, 12)[None]), axis=1) < 30
+    faded[near] *= 0.1                                            # partials 20 dB down
+    assert lost(faded, phi)[0] > 15
+    scrambled = lost(M, rng.uniform(-np.pi, np.pi, M.shape))
+    assert abs(scrambled[0]) < 1e-9 and scrambled[1] > 3

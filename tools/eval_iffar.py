@@ -21,6 +21,11 @@ the targets. Metrics on the target frames (rtengine.metrics where it has them):
   magnitude (``mag GT``);
 * roll-outs at each ``--temperatures`` value, and at the last one with the
   stage's level guard (:meth:`IFFAR.level_guard`);
+* the partials lost (dB): how much less the note's partials (within 1.5 bins
+  of each harmonic of the clip's note, below 5 kHz) stand out of the rest of
+  the band than in the truth, over the last quarter of the frames; in the
+  magnitudes and in the re-analysed audio, where a drifting phase also
+  smears a partial over its neighbours (notes from MIDI 45, 108 Hz);
 * spectral consistency of the generated phase: SC between ``M̂`` and the
   magnitude of the re-analysed iSTFT of ``M̂ e^{iφ̂}`` (dB), for the direct phase
   ``φ_t = φ_{t−1} + Δφ_t`` and for the engine's heap integrator.
@@ -74,7 +79,8 @@ COLUMNS = [("lsd_db", "LSD dB"), ("lsd_db_floor80", "LSD dB floor -80"), ("spec_
            ("si_sdr", "SI-SDR"), ("si_sdr_phase_gt", "SI-SDR phase GT"),
            ("si_sdr_mag_gt", "SI-SDR mag GT"), ("consistency_db", "consistency dB"),
            ("consistency_heap_db", "consistency heap dB"), ("si_sdr_mag_gt_heap", "SI-SDR mag GT heap"),
-           ("level_end_db", "level end dB")]
+           ("level_end_db", "level end dB"), ("partials_lost_db", "partials lost dB"),
+           ("partials_lost_audio_db", "partials lost (audio) dB")]
 
 
 def heap_phases(mag: np.ndarray, omega: np.ndarray, phi0: np.ndarray, mag0: np.ndarray, cfg,
@@ -94,11 +100,29 @@ def heap_phases(mag: np.ndarray, omega: np.ndarray, phi0: np.ndarray, mag0: np.n
     return integ.process(mag, omega, tau)[1]
 
 
+def harmonic_to_rest_db(M: np.ndarray, f0: float, cfg, fmax: float = 5000.0) -> float | None:
+    """Power at the partials of ``f0`` (the bins within 1.5 bins of each
+    harmonic below ``fmax``: most of a Hann window's main lobe) against the
+    rest of the band, dB, over frames ``M (F, K)``; None when ``f0`` is below
+    five bins (harmonics too close to tell apart)."""
+    bin_hz = cfg.sample_rate / cfg.n_fft
+    if f0 < 5 * bin_hz:
+        return None
+    k = np.arange(M.shape[0])
+    band = k * bin_hz < fmax
+    h = np.zeros(M.shape[0], bool)
+    for c in np.arange(f0, fmax, f0) / bin_hz:
+        h |= np.abs(k - c) <= 1.5
+    P = M ** 2
+    return float(10 * np.log10(max(P[h & band].sum(), 1e-20) / max(P[~h & band].sum(), 1e-20)))
+
+
 def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndarray,
-                  d_est: np.ndarray, mad: float, cfg, phi_heap: np.ndarray | None = None) -> dict:
+                  d_est: np.ndarray, mad: float, cfg, phi_heap: np.ndarray | None = None,
+                  f0: float | None = None) -> dict:
     """Metrics of a prediction over target frames. X ``(F, K)`` true STFT;
     M, phi ``(F, K)`` predicted magnitude and phase; d_true, d_est ``(F, K)``
-    true and predicted Δφ (rad)."""
+    true and predicted Δφ (rad); f0 the note's (Hz), for the partials' share."""
     Mt = np.abs(X)
     Xh = M * np.exp(1j * phi)
     q = max(1, X.shape[1] // 4)
@@ -137,19 +161,34 @@ def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndar
         "level_end_db": float(10 * np.log10(max(np.sum(M[:, -q:] ** 2), 1e-20)
                                             / max(np.sum(Mt[:, -q:] ** 2), 1e-20))),
     }
+    if f0 is not None:
+        # how much of the partials' prominence the last quarter lost against
+        # the truth: in the magnitudes, and in the audio (re-analysed), where
+        # a drifting phase also a partial over its neighbours (the audio figure compares
+        # re-analyses, of the truth too, and leaves out the last 2 frames,
+        # which lack overlapping frames)
+        ends = [harmonic_to_rest_db(S, f0, cfg) for S in
+                (Mt[:, -q:], M[:, -q:], reanalysed(Mt, np.angle(X), cfg)[:, -q - 2:-2],
+                 reanalysed(M, phi, cfg)[:, -q - 2:-2])]
+        if ends[0] is not None:
+            out["partials_lost_db"] = ends[0] - ends[1]
+            out["partials_lost_audio_db"] = ends[2] - ends[3]
     if phi_heap is not None:
         out["consistency_heap_db"] = consistency(M, phi_heap, cfg)
         out["si_sdr_mag_gt_heap"] = metrics.si_sdr(ref, audio(Mt * np.exp(1j * phi_heap)))
     return out
 
 
+def reanalysed(M: np.ndarray, phi: np.ndarray, cfg) -> np.ndarray:
+    """The magnitude ``(F, K)`` of the STFT of the iSTFT of ``M e^{iφ}``."""
+    y = istft(torch.as_tensor(M * np.exp(1j * phi))[None], cfg)
+    return np.abs(stft(y, cfg)[0].numpy()[:, :M.shape[1]])
+
+
 def consistency(M: np.ndarray, phi: np.ndarray, cfg) -> float:
     """Spectral convergence (dB) between ``M`` and the magnitude of the STFT of
     the iSTFT of ``M e^{iφ}``: how well the phases fit the magnitudes."""
-    Xh = torch.as_tensor(M * np.exp(1j * phi))[None]
-    y = istft(Xh, cfg)
-    R = stft(y, cfg)[0].numpy()[:, :M.shape[1]]
-    a, b = M[:, 2:-2], np.abs(R)[:, 2:-2]         # the edges lack overlapping frames
+    a, b = M[:, 2:-2], reanalysed(M, phi, cfg)[:, 2:-2]    # the edges lack overlapping frames
     return metrics.spectral_convergence_mag(a, b)
 
 
@@ -213,6 +252,7 @@ def main(argv=None):
         d = if_from_phase(phi, cfg, mode)                      # (F, T)
         feats = model.normalise(lm[None], d[None])             # (1, 2F, T)
         note, fam = clip_labels(row)
+        f0 = 440.0 * 2 ** ((note - 69) / 12) if note is not None and note >= 0 else None
         if args.labels == "none":
             note, fam = -1, -1
         n_idx, f_idx = model.labels(note, fam, 1, "cpu")
@@ -226,22 +266,22 @@ def main(argv=None):
             mag1 = torch.exp(model.denorm_mag(out["mag"][a - 1:b - 1])).T.numpy()
             d1 = phase_advance(model.denorm_if(out["if0"][a - 1:b - 1]).T, cfg, mode).numpy()
         rec = results.setdefault("one-step", [])
-        rec.append(frame_metrics(Xt, mag1, prev_phi + d1, d_true, d1, mad, cfg))
+        rec.append(frame_metrics(Xt, mag1, prev_phi + d1, d_true, d1, mad, cfg, f0=f0))
         # as the instrument generates: calibration bias subtracted, clamped
         with torch.no_grad():
             magc = torch.exp(model.denorm_mag(model.clamp_mag(out["mag"][a - 1:b - 1] - model.mag_bias))).T.numpy()
         results.setdefault("one-step calibrated", []).append(
-            frame_metrics(Xt, magc, prev_phi + d1, d_true, d1, mad, cfg))
+            frame_metrics(Xt, magc, prev_phi + d1, d_true, d1, mad, cfg, f0=f0))
         # baseline, one step: repeat the previous true frame
         M_prev = np.abs(X[:, a - 1:b - 1].numpy())
         d_prev = phase_advance(d[:, a - 1:b - 1], cfg, mode).numpy()
         results.setdefault("one-step repeat-last", []).append(
-            frame_metrics(Xt, M_prev, prev_phi + d_prev, d_true, d_prev, mad, cfg))
+            frame_metrics(Xt, M_prev, prev_phi + d_prev, d_true, d_prev, mad, cfg, f0=f0))
         # a second trivial baseline: each bin's mean log-magnitude over the last 4 frames
         lm_np = lm.numpy()
         M_avg = np.exp(np.stack([lm_np[:, i - 4:i].mean(1) for i in range(a, b)], axis=1))
         results.setdefault("one-step last-4 mean", []).append(
-            frame_metrics(Xt, M_avg, prev_phi + d_prev, d_true, d_prev, mad, cfg))
+            frame_metrics(Xt, M_avg, prev_phi + d_prev, d_true, d_prev, mad, cfg, f0=f0))
         # K-step roll-outs
         phi0 = phi[:, a - 1].numpy()
         mag0 = np.abs(X[:, a - 1].numpy())
@@ -254,16 +294,17 @@ def main(argv=None):
             phk = phi0[:, None] + np.cumsum(dk, axis=1)
             ph_heap = heap_phases(Mk, dk, phi0, mag0, cfg, seed=ci)
             results.setdefault(f"{K}-step T={T:g}" + (" level guard" if guard else ""), []).append(
-                frame_metrics(Xt, Mk, phk, d_true, dk, mad, cfg, ph_heap))
+                frame_metrics(Xt, Mk, phk, d_true, dk, mad, cfg, ph_heap, f0=f0))
         d_last = phase_advance(d[:, a - 1:a], cfg, mode).numpy()
         Mr = np.repeat(mag0[:, None], K, axis=1)
         dr = np.repeat(d_last, K, axis=1)
         results.setdefault(f"{K}-step repeat-last", []).append(
             frame_metrics(Xt, Mr, phi0[:, None] + np.cumsum(dr, axis=1), d_true, dr, mad, cfg,
-                          heap_phases(Mr, dr, phi0, mag0, cfg, seed=ci)))
+                          heap_phases(Mr, dr, phi0, mag0, cfg, seed=ci), f0=f0))
         print(f"\r{ci + 1}/{len(rows)} clips ({time.time() - t0:.0f} s)", end="", file=sys.stderr)
     print(file=sys.stderr)
-    table = {k: {m: float(np.mean([r[m] for r in v if m in r])) for m in v[0]} for k, v in results.items()}
+    table = {k: {m: float(np.mean([r[m] for r in v if m in r])) for m in dict.fromkeys(m for r in v for m in r)}
+             for k, v in results.items()}
 
     pitch = None
     if args.pitch:

@@ -239,6 +239,7 @@ class IFFARTask:
               f"in {time.time() - t0:.1f} s", flush=True)
         self.weights = LossWeights(mag=args.w_mag, mag_p=args.mag_p, nll=args.w_nll,
                                    mrstft=args.w_mrstft, sisdr=args.w_sisdr, if_loud=args.w_if_loud,
+                                   mag_loud=args.w_mag_loud,
                                    if_loud_flow_only=args.if_loud_flow_only)
         self.best = None
         self.bad = 0
@@ -487,6 +488,9 @@ def main(argv=None):
     p.add_argument("--w-nll", type=float, default=0.5)
     p.add_argument("--w-mrstft", type=float, default=0.5)
     p.add_argument("--w-sisdr", type=float, default=0.02)
+    p.add_argument("--w-mag-loud", type=float, default=0.0,
+                   help="weight of the power-weighted log-magnitude error (the partials, which fade "
+                        "into the floor in a roll-out; 0: off, as in the paper)")
     p.add_argument("--w-if-loud", type=float, default=0.0,
                    help="weight of the power-weighted phase-advance error of the flow's IF at z = 0 "
                         "(the loud bins, where a roll-out's phase must hold; 0: off, as in the paper)")

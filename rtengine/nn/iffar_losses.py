@@ -31,6 +31,7 @@ class LossWeights:
     nll: float = 0.5       # flow NLL per dimension (nats)
     mrstft: float = 0.5    # multi-resolution STFT loss
     sisdr: float = 0.02    # −SI-SDR (dB)
+    mag_loud: float = 0.0  # power-weighted log-magnitude error: the partials (beyond the paper)
     if_loud: float = 0.0   # power-weighted phase-advance error of the flow's z = 0 IF (beyond the paper)
     if_loud_flow_only: bool = False   # that term trains the flow alone (its condition detached)
 
@@ -58,6 +59,21 @@ def loud_if_error(model, if0: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     p = torch.exp(2 * model.denorm_mag(tgt[:, :f])).detach()
     p = p / p.sum(-1, keepdim=True)
     return (p * (1 - torch.cos(err))).sum(-1)
+
+
+def loud_mag_error(model, mag: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """Per-frame power-weighted absolute error of the standardised
+    log-magnitude: ``Σ_b p_b |m̂_b − m_b| / Σ_b p_b``, ``p_b = |X_b|²`` of the
+    true frame. ``mag`` ``(N, F)``, ``tgt`` ``(N, 2F)`` true features → ``(N,)``.
+
+    The plain error weighs the few partials like the many noise bins; in a
+    roll-out the partials fade into the floor (eval_iffar's partials lost),
+    so this term weighs them by their power, as :func:`loud_if_error` does
+    for the IF."""
+    f = model.cfg.n_bins
+    p = torch.exp(2 * model.denorm_mag(tgt[:, :f])).detach()
+    p = p / p.sum(-1, keepdim=True)
+    return (p * (mag - tgt[:, :f]).abs()).sum(-1)
 
 
 def si_sdr(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -123,6 +139,10 @@ def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
         l_nll = (out["nll"][keep] * fw).sum()
     terms = {"mag": l_mag, "nll": l_nll}
     total = w.mag * l_mag + w.nll * l_nll
+    if w.mag_loud:
+        l_ml = loud_mag_error(model, out["mag"][keep], tgt[keep]).mean()
+        terms["mag_loud"] = l_ml
+        total = total + w.mag_loud * l_ml
     if w.if_loud and "if0" in out:
         if0 = out["if0"][keep]
         if w.if_loud_flow_only:   # keep the encoder and MagHead out of this term
