@@ -477,14 +477,21 @@ def test_osc_facing_params_exist_and_drive_the_stage(tiny_weights):
     assert np.array_equal(st.stream.mag, m0)
 
 
+def _frames_with_a_loud_bin():
+    """A tiny model and 3 random true frames ``(3, 2F)`` whose bin 100 is 20
+    standard deviations louder than the rest."""
+    m = tiny_model(seed=1)
+    torch.manual_seed(0)
+    tgt = torch.randn(3, 2 * 513, dtype=torch.float64)
+    tgt[:, 100] += 20.0
+    return m, tgt
+
+
 def test_loud_if_error_weighs_bins_by_their_power_and_wraps():
     from rtengine.nn.iffar_losses import loud_if_error
 
-    m = tiny_model(seed=1)
+    m, tgt = _frames_with_a_loud_bin()
     f = 513
-    torch.manual_seed(0)
-    tgt = torch.randn(3, 2 * f, dtype=torch.float64)
-    tgt[:, 100] += 20.0                      # one loud bin per frame (standardised units)
     mad = m.if_mad
     assert float(loud_if_error(m, tgt[:, f:].clone(), tgt).abs().max()) < 1e-12
     quiet = tgt[:, f:].clone()
@@ -501,11 +508,8 @@ def test_loud_if_error_weighs_bins_by_their_power_and_wraps():
 def test_loud_mag_error_weighs_bins_by_their_power():
     from rtengine.nn.iffar_losses import LossWeights, iffar_loss, loud_mag_error
 
-    m = tiny_model(seed=1)
+    m, tgt = _frames_with_a_loud_bin()
     f = 513
-    torch.manual_seed(0)
-    tgt = torch.randn(3, 2 * f, dtype=torch.float64)
-    tgt[:, 100] += 20.0                      # one loud bin per frame (standardised units)
     mag = tgt[:, :f].clone()
     assert float(loud_mag_error(m, mag, tgt).abs().max()) < 1e-12
     quiet, loud = mag.clone(), mag.clone()
