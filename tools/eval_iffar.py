@@ -117,18 +117,30 @@ def harmonic_to_rest_db(M: np.ndarray, f0: float, cfg, fmax: float = 5000.0) -> 
     return float(10 * np.log10(max(P[h & band].sum(), 1e-20) / max(P[~h & band].sum(), 1e-20)))
 
 
+def partials_db(M: np.ndarray, R: np.ndarray, f0: float, cfg) -> tuple[float, float] | None:
+    """:func:`harmonic_to_rest_db` over the last quarter of the frames of a
+    magnitude ``M`` and of its re-analysis ``R`` (:func:`reanalysed`; its
+    last 2 frames, which lack overlapping frames, left out); None for a low
+    ``f0``."""
+    q = max(1, M.shape[1] // 4)
+    mag = harmonic_to_rest_db(M[:, -q:], f0, cfg)
+    return None if mag is None else (mag, harmonic_to_rest_db(R[:, -q - 2:-2], f0, cfg))
+
+
 def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndarray,
                   d_est: np.ndarray, mad: float, cfg, phi_heap: np.ndarray | None = None,
-                  f0: float | None = None) -> dict:
+                  f0: float | None = None, truth_partials: tuple | None = None) -> dict:
     """Metrics of a prediction over target frames. X ``(F, K)`` true STFT;
     M, phi ``(F, K)`` predicted magnitude and phase; d_true, d_est ``(F, K)``
-    true and predicted Δφ (rad); f0 the note's (Hz), for the partials' share."""
+    true and predicted Δφ (rad); f0 the note's (Hz), for the partials' share;
+    truth_partials the truth's :func:`partials_db` (computed here when not
+    given: a caller scoring several predictions of one span computes it once)."""
     Mt = np.abs(X)
     Xh = M * np.exp(1j * phi)
     q = max(1, X.shape[1] // 4)
     ldb = 20 * np.log10(np.maximum(Mt, 1e-5))
     ldb_h = 20 * np.log10(np.maximum(M, 1e-5))
-    err = np.abs(wrap(torch.as_tensor(d_est - d_true)).numpy())
+    err = np.abs(wrap(d_est - d_true))
     loud = ldb > ldb.max(axis=0, keepdims=True) - 40
     k = X.shape[1]
     L = (k - 1) * cfg.hop
@@ -137,6 +149,7 @@ def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndar
         return istft(torch.as_tensor(S)[None], cfg, L)[0].numpy()
 
     ref = audio(X)
+    R = reanalysed(M, phi, cfg)
     floor = Mt.max() * 10 ** (-80 / 20)
     out = {
         "lsd_db": metrics.log_spectral_distance_mag(Mt, M),
@@ -155,7 +168,7 @@ def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndar
         "si_sdr": metrics.si_sdr(ref, audio(Xh)),
         "si_sdr_phase_gt": metrics.si_sdr(ref, audio(M * np.exp(1j * np.angle(X)))),
         "si_sdr_mag_gt": metrics.si_sdr(ref, audio(Mt * np.exp(1j * phi))),
-        "consistency_db": consistency(M, phi, cfg),
+        "consistency_db": consistency(M, R),
         # power of the last quarter of the frames against the truth's: a
         # roll-out whose partials fade (or swell) shows here, not in LSD alone
         "level_end_db": float(10 * np.log10(max(np.sum(M[:, -q:] ** 2), 1e-20)
@@ -163,18 +176,16 @@ def frame_metrics(X: np.ndarray, M: np.ndarray, phi: np.ndarray, d_true: np.ndar
     }
     if f0 is not None:
         # how much of the partials' prominence the last quarter lost against
-        # the truth: in the magnitudes, and in the audio (re-analysed), where
-        # a drifting phase also a partial over its neighbours (the audio figure compares
-        # re-analyses, of the truth too, and leaves out the last 2 frames,
-        # which lack overlapping frames)
-        ends = [harmonic_to_rest_db(S, f0, cfg) for S in
-                (Mt[:, -q:], M[:, -q:], reanalysed(Mt, np.angle(X), cfg)[:, -q - 2:-2],
-                 reanalysed(M, phi, cfg)[:, -q - 2:-2])]
-        if ends[0] is not None:
-            out["partials_lost_db"] = ends[0] - ends[1]
-            out["partials_lost_audio_db"] = ends[2] - ends[3]
+        # the truth: in the magnitudes, and in the audio (re-analyses of both),
+        # where a drifting phase also smears a partial over its neighbours
+        truth = truth_partials if truth_partials is not None else \
+            partials_db(Mt, reanalysed(Mt, np.angle(X), cfg), f0, cfg)
+        pred = partials_db(M, R, f0, cfg)
+        if truth is not None:
+            out["partials_lost_db"] = truth[0] - pred[0]
+            out["partials_lost_audio_db"] = truth[1] - pred[1]
     if phi_heap is not None:
-        out["consistency_heap_db"] = consistency(M, phi_heap, cfg)
+        out["consistency_heap_db"] = consistency(M, reanalysed(M, phi_heap, cfg))
         out["si_sdr_mag_gt_heap"] = metrics.si_sdr(ref, audio(Mt * np.exp(1j * phi_heap)))
     return out
 
@@ -185,10 +196,11 @@ def reanalysed(M: np.ndarray, phi: np.ndarray, cfg) -> np.ndarray:
     return np.abs(stft(y, cfg)[0].numpy()[:, :M.shape[1]])
 
 
-def consistency(M: np.ndarray, phi: np.ndarray, cfg) -> float:
-    """Spectral convergence (dB) between ``M`` and the magnitude of the STFT of
-    the iSTFT of ``M e^{iφ}``: how well the phases fit the magnitudes."""
-    a, b = M[:, 2:-2], reanalysed(M, phi, cfg)[:, 2:-2]    # the edges lack overlapping frames
+def consistency(M: np.ndarray, R: np.ndarray) -> float:
+    """Spectral convergence (dB) between ``M`` and its re-analysis ``R``
+    (:func:`reanalysed` with the generated phase): how well the phases fit
+    the magnitudes."""
+    a, b = M[:, 2:-2], R[:, 2:-2]          # the edges lack overlapping frames
     return metrics.spectral_convergence_mag(a, b)
 
 
@@ -252,12 +264,14 @@ def main(argv=None):
         d = if_from_phase(phi, cfg, mode)                      # (F, T)
         feats = model.normalise(lm[None], d[None])             # (1, 2F, T)
         note, fam = clip_labels(row)
-        f0 = 440.0 * 2 ** ((note - 69) / 12) if note is not None and note >= 0 else None
+        f0 = 440.0 * 2 ** ((note - 69) / 12) if note >= 0 else None
         if args.labels == "none":
             note, fam = -1, -1
         n_idx, f_idx = model.labels(note, fam, 1, "cpu")
         a, b = s + L, s + L + K
         Xt = X[:, a:b].numpy()
+        truth = partials_db(np.abs(Xt), reanalysed(np.abs(Xt), np.angle(Xt), cfg), f0, cfg) if f0 else None
+        part = {"f0": f0, "truth_partials": truth} if truth else {}   # a low note: no partials figures
         d_true = phase_advance(d[:, a:b], cfg, mode).numpy()
         prev_phi = phi[:, a - 1:b - 1].numpy()
         with torch.no_grad():
@@ -266,22 +280,22 @@ def main(argv=None):
             mag1 = torch.exp(model.denorm_mag(out["mag"][a - 1:b - 1])).T.numpy()
             d1 = phase_advance(model.denorm_if(out["if0"][a - 1:b - 1]).T, cfg, mode).numpy()
         rec = results.setdefault("one-step", [])
-        rec.append(frame_metrics(Xt, mag1, prev_phi + d1, d_true, d1, mad, cfg, f0=f0))
+        rec.append(frame_metrics(Xt, mag1, prev_phi + d1, d_true, d1, mad, cfg, **part))
         # as the instrument generates: calibration bias subtracted, clamped
         with torch.no_grad():
             magc = torch.exp(model.denorm_mag(model.clamp_mag(out["mag"][a - 1:b - 1] - model.mag_bias))).T.numpy()
         results.setdefault("one-step calibrated", []).append(
-            frame_metrics(Xt, magc, prev_phi + d1, d_true, d1, mad, cfg, f0=f0))
+            frame_metrics(Xt, magc, prev_phi + d1, d_true, d1, mad, cfg, **part))
         # baseline, one step: repeat the previous true frame
         M_prev = np.abs(X[:, a - 1:b - 1].numpy())
         d_prev = phase_advance(d[:, a - 1:b - 1], cfg, mode).numpy()
         results.setdefault("one-step repeat-last", []).append(
-            frame_metrics(Xt, M_prev, prev_phi + d_prev, d_true, d_prev, mad, cfg, f0=f0))
+            frame_metrics(Xt, M_prev, prev_phi + d_prev, d_true, d_prev, mad, cfg, **part))
         # a second trivial baseline: each bin's mean log-magnitude over the last 4 frames
         lm_np = lm.numpy()
         M_avg = np.exp(np.stack([lm_np[:, i - 4:i].mean(1) for i in range(a, b)], axis=1))
         results.setdefault("one-step last-4 mean", []).append(
-            frame_metrics(Xt, M_avg, prev_phi + d_prev, d_true, d_prev, mad, cfg, f0=f0))
+            frame_metrics(Xt, M_avg, prev_phi + d_prev, d_true, d_prev, mad, cfg, **part))
         # K-step roll-outs
         phi0 = phi[:, a - 1].numpy()
         mag0 = np.abs(X[:, a - 1].numpy())
@@ -294,13 +308,13 @@ def main(argv=None):
             phk = phi0[:, None] + np.cumsum(dk, axis=1)
             ph_heap = heap_phases(Mk, dk, phi0, mag0, cfg, seed=ci)
             results.setdefault(f"{K}-step T={T:g}" + (" level guard" if guard else ""), []).append(
-                frame_metrics(Xt, Mk, phk, d_true, dk, mad, cfg, ph_heap, f0=f0))
+                frame_metrics(Xt, Mk, phk, d_true, dk, mad, cfg, ph_heap, **part))
         d_last = phase_advance(d[:, a - 1:a], cfg, mode).numpy()
         Mr = np.repeat(mag0[:, None], K, axis=1)
         dr = np.repeat(d_last, K, axis=1)
         results.setdefault(f"{K}-step repeat-last", []).append(
             frame_metrics(Xt, Mr, phi0[:, None] + np.cumsum(dr, axis=1), d_true, dr, mad, cfg,
-                          heap_phases(Mr, dr, phi0, mag0, cfg, seed=ci), f0=f0))
+                          heap_phases(Mr, dr, phi0, mag0, cfg, seed=ci), **part))
         print(f"\r{ci + 1}/{len(rows)} clips ({time.time() - t0:.0f} s)", end="", file=sys.stderr)
     print(file=sys.stderr)
     table = {k: {m: float(np.mean([r[m] for r in v if m in r])) for m in dict.fromkeys(m for r in v for m in r)}

@@ -43,8 +43,9 @@ MAD_FLOOR = 1e-3          # a MAD below this (a constant bin) is raised to it
 
 
 def wrap(x: torch.Tensor) -> torch.Tensor:
-    """Wrap angles to ``[−π, π)``."""
-    return x - 2 * math.pi * torch.floor((x + math.pi) / (2 * math.pi))
+    """Wrap angles to ``[−π, π)``; a tensor or a NumPy array (``%`` takes the
+    divisor's sign in both)."""
+    return (x + math.pi) % (2 * math.pi) - math.pi
 
 
 def hann_window(n_fft: int, dtype=torch.float32, device=None) -> torch.Tensor:

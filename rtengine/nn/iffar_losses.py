@@ -45,6 +45,13 @@ def log_mag_error(pred: torch.Tensor, target: torch.Tensor, p: float = 1.0) -> t
     return (pred - target).abs().pow(p).mean(-1)
 
 
+def power_weights(model, tgt: torch.Tensor) -> torch.Tensor:
+    """Each bin's share of its true frame's power, ``|X_b|² / Σ |X|²``:
+    ``tgt`` ``(N, 2F)`` true features → ``(N, F)`` (no gradient)."""
+    p = torch.exp(2 * model.denorm_mag(tgt[:, :model.cfg.n_bins])).detach()
+    return p / p.sum(-1, keepdim=True)
+
+
 def loud_if_error(model, if0: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     """Per-frame power-weighted phase error of the flow's IF at ``z = 0``:
     ``Σ_b p_b (1 − cos(Δφ̂_b − Δφ_b)) / Σ_b p_b``, ``p_b = |X_b|²`` of the true
@@ -56,9 +63,7 @@ def loud_if_error(model, if0: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     error (≈ e²/2 for small e)."""
     f = model.cfg.n_bins
     err = model.denorm_if(if0) - model.denorm_if(tgt[:, f:])      # rad; hetero or raw alike
-    p = torch.exp(2 * model.denorm_mag(tgt[:, :f])).detach()
-    p = p / p.sum(-1, keepdim=True)
-    return (p * (1 - torch.cos(err))).sum(-1)
+    return (power_weights(model, tgt) * (1 - torch.cos(err))).sum(-1)
 
 
 def loud_mag_error(model, mag: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -70,10 +75,7 @@ def loud_mag_error(model, mag: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     roll-out the partials fade into the floor (eval_iffar's partials lost),
     so this term weighs them by their power, as :func:`loud_if_error` does
     for the IF."""
-    f = model.cfg.n_bins
-    p = torch.exp(2 * model.denorm_mag(tgt[:, :f])).detach()
-    p = p / p.sum(-1, keepdim=True)
-    return (p * (mag - tgt[:, :f]).abs()).sum(-1)
+    return (power_weights(model, tgt) * (mag - tgt[:, :model.cfg.n_bins]).abs()).sum(-1)
 
 
 def si_sdr(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

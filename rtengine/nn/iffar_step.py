@@ -297,7 +297,7 @@ class FrameStep:
         if self.hist is not None:
             self.hist = np.concatenate([pm[None], self.hist[:-1]])
         if_ = (d * self.if_mad + self.if_median) * self.if_valid            # rad per hop
-        wrapped = wrap(torch.from_numpy(if_)).numpy()
+        wrapped = wrap(if_)
         self.prev = np.concatenate([mag, (wrapped - self.if_median) / self.if_mad * self.if_valid])
         self.e = self.encoder.step(self.prev)
         t3 = clock()
