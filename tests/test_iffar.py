@@ -654,6 +654,69 @@ def test_self_feed_gives_the_same_frames_the_models_own_magnitude_and_if():
     assert torch.equal(only_if[:, :513], feats[:, :513]) and torch.allclose(only_if[:, 513:, 1:], own_if)
 
 
+def test_nll_scores_the_true_targets_when_the_inputs_are_fed_back():
+    """With fed-back inputs (scheduled sampling, free runs) the flow's NLL is
+    that of the true next IF under the condition the fed inputs give, not of
+    the fed frames themselves (which would teach the flow its own samples)."""
+    m = tiny_model(seed=5)
+    torch.manual_seed(0)
+    true = torch.randn(2, 2 * 513, 9, dtype=torch.float64)
+    fed = true.clone()
+    fed[:, 513:, 4:] = torch.randn(2, 513, 5, dtype=torch.float64)
+    note, fam = m.labels(None, None, 2, "cpu")
+    with torch.no_grad():
+        torch.manual_seed(1)
+        out = m(fed, note, fam, sample_tf=False, targets=true)
+        torch.manual_seed(1)
+        own = m(fed, note, fam, sample_tf=False)
+        cond = m.flow.condition(*out["cond_inputs"])
+        torch.manual_seed(1)
+        x = true[..., 1:].transpose(1, 2).reshape(-1, 2 * 513)[:, 513:]
+        x = x * m.if_valid + torch.randn_like(x) * (1 - m.if_valid)
+        ref = m.flow.nll(x, cond)
+    assert torch.allclose(out["nll"], ref)
+    assert torch.equal(out["mag"], own["mag"])                     # the inputs alone predict
+    assert torch.allclose(out["nll"][:3], own["nll"][:3])          # frames 1-3: inputs true
+    assert not torch.allclose(out["nll"][4:8], own["nll"][4:8])
+
+
+def test_free_run_feeds_the_models_own_rollout_after_a_true_prompt():
+    """``--free-run``: after a true prompt the input frames are exactly what
+    IFFAR.rollout generates from that prompt (same seed: IF sampled, fed back
+    wrapped), the prompt stays true, and the model is left in training mode."""
+    import sys
+    from types import SimpleNamespace
+    sys.path.insert(0, str(REPO / "tools"))
+    import train_iffar as T
+
+    m = history_model(seed=3, base=4)
+    torch.manual_seed(0)
+    feats = torch.randn(2, 2 * 513, 12, dtype=torch.float64)
+    note, fam = torch.tensor([[60] * 11, [70] * 11]), torch.tensor([[1] * 11, [2] * 11])
+    task = SimpleNamespace(cfg=m.cfg, args=SimpleNamespace(free_run=1.0, free_run_prompt=3,
+                                                          free_run_temp=0.7, skip=2))
+    m.train()
+    torch.manual_seed(7)
+    got = T.IFFARTask.free_run(task, m, feats, note, fam)
+    assert m.training
+    prompt = int((got != feats).any(1).any(0).nonzero()[0])        # first fed frame
+    assert 3 <= prompt < 6
+    assert torch.equal(got[..., :prompt], feats[..., :prompt])
+    # replay the same draws: the prompt length, then the roll-out's seed
+    torch.manual_seed(7)
+    torch.rand(())
+    assert int(torch.randint(3, 6, ())) == prompt
+    seed = int(torch.randint(0, 2 ** 31 - 1, ()))
+    ref = m.rollout(feats[..., :prompt], 12 - prompt, 0.7, seed, torch.tensor([60, 70]), torch.tensor([1, 2]))
+    assert torch.allclose(got[:, :513, prompt:], ref[:, :513])
+    fed_if = m.renorm_if(ref[:, 513:].transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(got[:, 513:, prompt:], fed_if)
+    assert not torch.allclose(got[:, 513:, prompt:], ref[:, 513:])       # wrapped as fed back
+    off = SimpleNamespace(cfg=m.cfg, args=SimpleNamespace(free_run=0.0, free_run_prompt=3,
+                                                         free_run_temp=0.7, skip=2))
+    assert T.IFFARTask.free_run(off, m, feats, note, fam) is feats
+
+
 def test_partials_lost_sees_faded_partials_in_magnitude_and_smeared_phase_in_audio():
     """eval_iffar's partials-lost figures: zero for the truth itself; the
     magnitude figure grows when the partials fade into the floor; the audio

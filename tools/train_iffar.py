@@ -260,7 +260,9 @@ class IFFARTask:
         note[(torch.rand(note.shape[0]) < drop) & ~keep] = self.cfg.n_notes
         fam[(torch.rand(fam.shape[0]) < drop) & ~keep] = self.cfg.n_families
         inputs = self.self_fed(net, feats, note, fam)
-        out = model(inputs, note, fam)
+        if self.args.free_run > 0:
+            inputs = self.free_run(net, inputs, note, fam)
+        out = model(inputs, note, fam, targets=feats)
         weight = None
         if self.args.switch_weight != 1.0:
             # the first frames of a new note: where the label has to do the work
@@ -308,6 +310,37 @@ class IFFARTask:
                 d = net.flow.sample(cond, self.args.self_feed_temp)
                 d = net.renorm_if(d).reshape(b, t - 1, f).transpose(1, 2)
                 inputs[:, f:, 1:] = torch.where(u < p_if, d, feats[:, f:, 1:])
+        return inputs
+
+    def free_run(self, net, feats, note, fam):
+        """The model's own teacher-free roll-out as input (DAgger-style): in a
+        share ``--free-run`` of the batches, every input frame after a true
+        prompt (random, 1 to ``--free-run-prompt`` frames after the skipped
+        ones) is the model's own roll-out from that prompt, as generation
+        makes it (calibration bias, clamp, IF sampled at ``--free-run-temp``,
+        the encoder streamed), computed without gradient. Targets stay true.
+
+        Why: ``--self-feed`` shows the model its errors one step deep, and the
+        chained ``--rollout`` loss at most a few; the partials of a free
+        roll-out sink into the floor over tens of frames (see docs/iffar.md,
+        *Partials lost*). Here the context is as far off as the roll-out has
+        drifted by then, and the target asks to come back to the note."""
+        if float(torch.rand(())) >= self.args.free_run:
+            return feats
+        t = feats.shape[-1]
+        lo = self.args.skip + 1
+        prompt = int(torch.randint(lo, max(lo + 1, min(t - 1, lo + self.args.free_run_prompt)), ()))
+        if note.dim() == 2:             # per-frame labels: the roll-out plays the first
+            note, fam = note[:, 0], fam[:, 0]
+        seed = int(torch.randint(0, 2 ** 31 - 1, ()))
+        was_training = net.training
+        net.eval()
+        gen = net.rollout(feats[..., :prompt], t - prompt, self.args.free_run_temp, seed, note, fam)
+        net.train(was_training)
+        inputs = feats.clone()
+        f = self.cfg.n_bins
+        inputs[:, :f, prompt:] = gen[:, :f]
+        inputs[:, f:, prompt:] = net.renorm_if(gen[:, f:].transpose(1, 2)).transpose(1, 2)
         return inputs
 
     def validate(self, model, device):
@@ -478,6 +511,13 @@ def main(argv=None):
                         "--self-feed the same frames get both)")
     p.add_argument("--self-feed-temp", type=float, default=0.0,
                    help="temperature of the self-fed IF (0: the flow's most likely IF, z = 0)")
+    p.add_argument("--free-run", type=float, default=0.0, metavar="P",
+                   help="share of batches whose input frames after a short true prompt are the "
+                        "model's own teacher-free roll-out (no gradient through it; targets true)")
+    p.add_argument("--free-run-prompt", type=int, default=8, metavar="N",
+                   help="with --free-run: the true prompt is 1 to N frames after the skipped ones")
+    p.add_argument("--free-run-temp", type=float, default=0.7,
+                   help="with --free-run: temperature of the roll-out's IF")
     p.add_argument("--rollout", type=int, default=0, metavar="K",
                    help="add the roll-out loss over K chained passes (0: off; see above)")
     p.add_argument("--w-rollout", type=float, default=1.0, help="weight of the roll-out loss")

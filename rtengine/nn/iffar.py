@@ -494,11 +494,13 @@ class IFFAR(nn.Module):
 
     # -- training: teacher forcing -------------------------------------------
     def forward(self, feats: torch.Tensor, note: torch.Tensor, family: torch.Tensor,
-                sample_tf: bool = True) -> dict:
+                sample_tf: bool = True, targets: torch.Tensor | None = None) -> dict:
         """Teacher-forced prediction of frames ``1..T−1`` from frames ``0..T−2``.
 
         feats ``(B, 2F, T)``; note, family ``(B,)``, or ``(B, T−1)``: the label
-        of each predicted frame. Returns (``N = B·(T−1)``):
+        of each predicted frame; ``targets`` ``(B, 2F, T)``: the true frames
+        the NLL scores, when the inputs are not all true (scheduled sampling,
+        free runs; default ``feats``). Returns (``N = B·(T−1)``):
         ``mag`` (N, F) predicted standardised log-magnitude, ``nll`` (N,) flow
         NLL per dimension of the true IF, ``if0`` (N, F) the flow's IF at
         temperature 0 (``z = 0``; for the audio losses, when ``sample_tf``),
@@ -509,7 +511,7 @@ class IFFAR(nn.Module):
         c = self.context(self.encoder(feats[..., :-1]), note, family)   # (B, C, T-1)
         c = c.transpose(1, 2).reshape(-1, c.shape[1])
         prev = feats[..., :-1].transpose(1, 2).reshape(-1, 2 * f)
-        tgt = feats[..., 1:].transpose(1, 2).reshape(-1, 2 * f)
+        tgt = (feats if targets is None else targets)[..., 1:].transpose(1, 2).reshape(-1, 2 * f)
         tmpl = self.template(note if note.dim() == 2 else note[:, None].expand(-1, t - 1))
         tmpl = tmpl.reshape(-1, f) if tmpl is not None else None
         hist = self.mag_history_of(feats[:, :f, :-1])
