@@ -11,7 +11,10 @@ stopping after ``--patience`` validations without improvement;
 ``--self-feed p`` replaces a share ``p`` of the input frames' magnitudes by
 the model's own teacher-forced prediction (parallel scheduled sampling), and
 ``--self-feed-if p`` their IF by the flow's own (at ``--self-feed-temp``);
-``--rollout K`` adds a roll-out loss: K chained passes in which every frame
+``--free-run p`` gives a share ``p`` of the batches the model's own
+teacher-free roll-out as input after a short true prompt (no gradient
+through it); with fed-back inputs every target, the flow's NLL included,
+stays the true frame; ``--rollout K`` adds a roll-out loss: K chained passes in which every frame
 after a true prompt is the model's own previous prediction, so the last pass
 equals a teacher-free roll-out of K frames (and approximates deeper ones), and
 its log-magnitude error is back-propagated through the whole chain. The best
