@@ -317,9 +317,10 @@ class IFFARTask:
 
     def free_run(self, net, feats, note, fam):
         """The model's own teacher-free roll-out as input (DAgger-style): in a
-        share ``--free-run`` of the batches, every input frame after a true
-        prompt (random, 1 to ``--free-run-prompt`` frames after the skipped
-        ones) is the model's own roll-out from that prompt, as generation
+        share ``--free-run`` of the batches, every input frame after a prompt
+        (random, 1 to ``--free-run-prompt`` frames after the skipped ones; the
+        true frames, with ``--self-feed`` partly the model's own one-step
+        magnitudes) is the model's own roll-out from that prompt, as generation
         makes it (calibration bias, clamp, IF sampled at ``--free-run-temp``,
         the encoder streamed), computed without gradient. Targets stay true.
 
