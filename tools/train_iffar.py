@@ -12,7 +12,7 @@ stopping after ``--patience`` validations without improvement;
 the model's own teacher-forced prediction (parallel scheduled sampling), and
 ``--self-feed-if p`` their IF by the flow's own (at ``--self-feed-temp``);
 ``--free-run p`` gives a share ``p`` of the batches the model's own
-teacher-free roll-out as input after a short true prompt (no gradient
+teacher-free roll-out as input after a short prompt (no gradient
 through it); with fed-back inputs every target, the flow's NLL included,
 stays the true frame; ``--rollout K`` adds a roll-out loss: K chained passes in which every frame
 after a true prompt is the model's own previous prediction, so the last pass
@@ -337,14 +337,9 @@ class IFFARTask:
         if note.dim() == 2:             # per-frame labels: the roll-out plays the first
             note, fam = note[:, 0], fam[:, 0]
         seed = int(torch.randint(0, 2 ** 31 - 1, ()))
-        was_training = net.training
-        net.eval()
         gen = net.rollout(feats[..., :prompt], t - prompt, self.args.free_run_temp, seed, note, fam)
-        net.train(was_training)
         inputs = feats.clone()
-        f = self.cfg.n_bins
-        inputs[:, :f, prompt:] = gen[:, :f]
-        inputs[:, f:, prompt:] = net.renorm_if(gen[:, f:].transpose(1, 2)).transpose(1, 2)
+        inputs[..., prompt:] = net.feedback(gen.transpose(1, 2)).transpose(1, 2)
         return inputs
 
     def validate(self, model, device):
@@ -516,10 +511,10 @@ def main(argv=None):
     p.add_argument("--self-feed-temp", type=float, default=0.0,
                    help="temperature of the self-fed IF (0: the flow's most likely IF, z = 0)")
     p.add_argument("--free-run", type=float, default=0.0, metavar="P",
-                   help="share of batches whose input frames after a short true prompt are the "
+                   help="share of batches whose input frames after a short prompt are the "
                         "model's own teacher-free roll-out (no gradient through it; targets true)")
     p.add_argument("--free-run-prompt", type=int, default=8, metavar="N",
-                   help="with --free-run: the true prompt is 1 to N frames after the skipped ones")
+                   help="with --free-run: the prompt is 1 to N frames after the skipped ones")
     p.add_argument("--free-run-temp", type=float, default=0.7,
                    help="with --free-run: temperature of the roll-out's IF")
     p.add_argument("--rollout", type=int, default=0, metavar="K",

@@ -576,9 +576,9 @@ class IFFAR(nn.Module):
         return mag - excess
 
     def feedback(self, frame: torch.Tensor) -> torch.Tensor:
-        """A generated frame ``(N, 2F)`` as the next encoder input (IF wrapped)."""
+        """Generated frames ``(…, 2F)`` as the next encoder input (IF wrapped)."""
         f = self.cfg.n_bins
-        return torch.cat([frame[:, :f], self.renorm_if(frame[:, f:])], dim=1)
+        return torch.cat([frame[..., :f], self.renorm_if(frame[..., f:])], dim=-1)
 
     @torch.no_grad()
     def rollout(self, prompt: torch.Tensor, k: int, temperature: float = 1.0,
