@@ -427,6 +427,34 @@ def test_stage_output_does_not_depend_on_block_size(tiny_weights):
     assert np.abs(outs[0] - outs[2]).max() < 1e-5
 
 
+def test_stage_generates_with_its_thread_bound_on_numpys_blas_too(tiny_weights, monkeypatch):
+    """The frame step's products are NumPy's: a stage that keeps one core must
+    bound NumPy's OpenBLAS pool too, not torch alone, and give the caller's back."""
+    from rtengine.compute_threads import blas_threads, set_blas_threads
+    from rtengine.engine.render import render
+    from rtengine.nn.iffar_step import FrameStep
+
+    if blas_threads() is None:
+        pytest.skip("NumPy's BLAS pool is not reachable here (not OpenBLAS on Linux)")
+    seen = []
+    step = FrameStep.__call__
+
+    def watched(self, *a, **k):
+        seen.append((blas_threads(), torch.get_num_threads()))
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(FrameStep, "__call__", watched)
+    before = blas_threads()
+    set_blas_threads(3)
+    try:
+        y = render(_engine(tiny_weights, 0.5, options={"play_prompt": False}), 11025, block_size=256)
+        assert blas_threads() == 3                       # the caller's pool, restored
+    finally:
+        set_blas_threads(before)
+    assert np.isfinite(y).all() and len(seen) > 30
+    assert set(seen) == {(1, 1)}
+
+
 # ------------------------------------------------------------------ engine + OSC
 def test_shipped_patch_renders_two_seconds_finite_below_0dbfs():
     import rtengine.stages.iffar  # noqa: F401

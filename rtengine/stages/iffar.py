@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compute_threads import blas_threads, compute_threads
 from ..control.params import Param
 from ..dsp.ola import OverlapAdd
 from ..dsp.stft import stft as np_stft
@@ -235,8 +236,8 @@ class IFFARStage(Stage):
         "level_guard": ((bool,), "cap the generated mean level at the prompt's (default false)"),
         "retrigger": ((bool,), "with prompt 'note': a new note restarts from a prompt re-made at "
                                "that note, as prime does (default false: the label alone steers)"),
-        "threads": ((int,), "torch CPU threads while generating (default 1: one frame is "
-                            "too small to share, and extra threads only contend)"),
+        "threads": ((int,), "CPU threads of torch and NumPy's BLAS while generating (default 1: "
+                            "one frame is too small to share, and extra threads only contend)"),
     }
 
     def __init__(self, name, cfg, options=None, seed=0):
@@ -314,15 +315,8 @@ class IFFARStage(Stage):
         self._prime_high = False
 
     def process(self, x, k: int):
-        n_threads = torch.get_num_threads()
-        want = int(self.options.get("threads", 1))
-        if want > 0 and want != n_threads:
-            torch.set_num_threads(want)
-        try:
+        with compute_threads(int(self.options.get("threads", 1))):
             return self._process(k)
-        finally:
-            if want > 0 and want != n_threads:
-                torch.set_num_threads(n_threads)
 
     def _process(self, k: int):
         if self._spec.shape[1] < k:
@@ -372,10 +366,7 @@ def bench_iffar(weights: str = DEFAULT_WEIGHTS, frames: int = 400, threads: int 
     from ..config import get_config
     from ..nn.iffar import IFFAR, IFFARConfig
 
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with compute_threads(threads):
         try:
             model = load_model(weights)
         except UserError:
@@ -403,10 +394,9 @@ def bench_iffar(weights: str = DEFAULT_WEIGHTS, frames: int = 400, threads: int 
         ms["total"] = 1000 * total / frames
         period = 1000 * cfg.hop / cfg.sample_rate
         return {"model": "iffar", "phase": phase, "threads": torch.get_num_threads(),
+                "blas_threads": blas_threads(),
                 "ms_per_frame": {k: round(v, 4) for k, v in ms.items()},
                 "cpu_ms_per_frame": round(1000 * cpu / frames, 4),
                 "frame_period_ms": round(period, 3),
                 "realtime_factor": round(period / ms["total"], 2),
                 "load_average_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
-    finally:
-        torch.set_num_threads(old)
