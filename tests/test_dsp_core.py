@@ -6,7 +6,7 @@ import pytest
 from rtengine.config import get_config
 from rtengine.dsp.mel import StreamingLogMel, log_mel, mel_filterbank, mel_to_magnitude, magnitude_to_mel
 from rtengine.dsp.ola import OverlapAdd, TorchOverlapAdd
-from rtengine.dsp.resample import resample
+from rtengine.dsp.resample import resample, transpose
 from rtengine.dsp.stft import StreamingSTFT, centre_sign, istft, stft
 
 CFG = get_config("22k")
@@ -96,3 +96,19 @@ def test_resample_sine():
     ty = np.arange(len(y)) / 22050
     assert len(y) == 22050
     assert np.abs(y - np.sin(2 * np.pi * 1000 * ty))[200:-200].max() < 1e-4
+
+
+@pytest.mark.parametrize("semitones", [5, -7, 12, 0.5])
+def test_transpose_moves_every_frequency_by_the_interval(semitones):
+    sr = 22050
+    t = np.arange(sr) / sr
+    y = transpose(np.sin(2 * np.pi * 440 * t) + 0.5 * np.sin(2 * np.pi * 1320 * t), semitones)
+    r = 2 ** (semitones / 12)
+    assert abs(len(y) * r / sr - 1) < 0.0012                # the ratio, within 2 cents
+    spec = np.abs(np.fft.rfft(y * np.hanning(len(y)), 1 << 20))
+    freqs = np.fft.rfftfreq(1 << 20, 1 / sr)
+    for f in (440, 1320):                                    # each partial moved, within 2 cents
+        band = (freqs > f * r * 0.97) & (freqs < f * r * 1.03)
+        peak = freqs[band][np.argmax(spec[band])]
+        assert abs(1200 * np.log2(peak / (f * r))) < 2
+    assert spec[freqs < 400 * r].max() < 1e-3 * spec.max()  # nothing left at the old pitch below

@@ -416,6 +416,53 @@ def test_retrigger_restarts_at_each_new_note(tiny_weights):
     assert np.abs(y2[int(1.03 * sr):int(1.25 * sr)] - y[int(1.03 * sr):int(1.25 * sr)]).max() > 1e-3
 
 
+def _rms_db(y):
+    return 20 * np.log10(np.sqrt(np.mean(np.square(y, dtype=np.float64))) + 1e-12)
+
+
+def test_legato_glides_to_each_new_note_without_a_new_attack(tiny_weights):
+    """A held (frozen) sound glides from note to note: the pitch follows, the
+    level does not jump as a retrigger's new attack does; the same for any
+    block size; a prime afterwards restarts from the prompt."""
+    from rtengine.engine.render import render
+
+    sr, lat = A22.sample_rate, 512
+    auto = [{"t": 0.0, "param": "iffar.note", "value": 60}, {"t": 0.4, "param": "iffar.freeze", "value": 1},
+            {"t": 1.0, "param": "iffar.note", "value": 65}, {"t": 1.5, "param": "iffar.note", "value": 58},
+            {"t": 2.0, "param": "iffar.prime", "value": 1}]
+    out = {}
+    for mode, block in (("legato", 256), ("legato", 3000), ("retrigger", 256)):
+        params, options = ({"temperature": 0.5, "legato": 1}, {}) if mode == "legato" \
+            else ({"temperature": 0.5}, {"retrigger": True})
+        eng = _engine(tiny_weights, 2.5, params, options=options, automation=auto)
+        out[mode, block] = render(eng, int(2.5 * sr), block_size=block)
+    y = out["legato", 256]
+    assert np.isfinite(y).all() and np.abs(y).max() <= 10 ** (-1 / 20) + 1e-6
+    assert np.abs(y - out["legato", 3000]).max() < 1e-5
+    seg = lambda a, b: y[int(a * sr) + lat:int(b * sr) + lat]          # noqa: E731
+    semis = lambda a, b: 12 * np.log2(_f0(seg(a, b)) / 440) + 69        # noqa: E731
+    held = semis(0.6, 0.95)          # (this untrained model has drifted off 60 before the freeze)
+    assert abs(semis(1.1, 1.45) - held - 5) < 0.15 and abs(semis(1.6, 1.95) - held + 2) < 0.15
+    before = _rms_db(seg(0.8, 0.95))
+    assert abs(_rms_db(seg(1.05, 1.2)) - before) < 3
+    r = out["retrigger", 256]
+    assert abs(_rms_db(r[int(1.05 * sr) + lat:int(1.2 * sr) + lat]) - before) > 3  # a restart
+    # the prime re-makes the prompt at the current note: the tone itself plays again
+    assert abs(semis(2.03, 2.25) - 58) < 0.1 and abs(_rms_db(seg(2.03, 2.2)) - before) > 3
+
+
+def test_a_frame_frozen_right_after_the_prompt_keeps_its_pitch(tiny_weights):
+    """Frozen from the first generated frame, the held frame advances by the
+    prompt's own last phase step, not by nothing (which would buzz at the frame rate)."""
+    from rtengine.engine.render import render
+
+    auto = [{"t": 0.0, "param": "iffar.freeze", "value": 1}]
+    eng = _engine(tiny_weights, 1.0, options={"play_prompt": False, "prompt_note": 57},
+                  stage_params={"note": 57}, automation=auto)
+    y = render(eng, 22050, block_size=256)
+    assert abs(12 * np.log2(_f0(y[2048:]) / 220.0)) < 0.3
+
+
 def test_stage_output_does_not_depend_on_block_size(tiny_weights):
     from rtengine.engine.render import render
 

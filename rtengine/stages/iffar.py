@@ -18,7 +18,15 @@ model continues its context), ``family`` (index into
 :data:`rtengine.nn.iffar.FAMILIES`; −1: none), ``temperature``, ``freeze``
 (≥ 0.5: hold the last frame, its phase still advancing: a drone), ``prime``
 (a rising edge through 0.5 restarts from the prompt; with ``prompt: note`` the
-generated prompt is re-made at the current ``note``), ``gain`` (dB).
+generated prompt is re-made at the current ``note``), ``legato`` (≥ 0.5: a new
+``note`` glides: the last ``prompt_seconds`` of output, transposed by the
+interval, become the prompt and generation goes on from them, without a new
+attack; with any prompt, ``prompt_note`` being its pitch; frozen, the held
+drone moves to the note), ``gain`` (dB).
+
+The model keeps its prompt's pitch far better than it follows the ``note``
+label, so a note change moves the pitch by re-priming: ``legato`` from the
+sound itself, option ``retrigger`` from a new attack at the note.
 
 The generated frames for a seed are those of :meth:`IFFAR.rollout` (tested);
 the random latent of generated frame ``j`` is the ``j``-th draw of a generator
@@ -38,6 +46,7 @@ import torch
 from ..compute_threads import blas_threads, compute_threads
 from ..control.params import Param
 from ..dsp.ola import OverlapAdd
+from ..dsp.phase_lock import lock_to_peaks
 from ..dsp.stft import stft as np_stft
 from ..errors import UserError
 from ..nn.iffar_step import FrameStep
@@ -47,6 +56,7 @@ PHASE_MODES = ("direct", "heap")
 REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_WEIGHTS = "models/iffar-22k"
 LN10_20 = np.log(10.0) / 20.0
+GLIDE_HISTORY_S = 2.0       # output kept for a legato glide (a 1 s prompt up to +12 semitones)
 
 
 def _resolve(path: str) -> Path:
@@ -97,6 +107,10 @@ class IFFARStream:
             self.integrator = PhaseIntegrator(self.audio.n_fft, self.audio.hop, mode="heap",
                                               lookahead=False, use_lambda=False, seed=self.seed)
         self.prompt_feats = None
+        # the last output frames, oldest first after ``_recent_at``: what glide() transposes
+        self._recent = np.zeros((f, int(np.ceil(GLIDE_HISTORY_S * self.audio.frame_rate))),
+                                dtype=np.complex128)
+        self._recent_at = 0
         self.step = FrameStep(self.model)
         self._labels: dict = {}
         self.timing = None          # dict of per-part seconds when set to {} by the caller
@@ -124,6 +138,23 @@ class IFFARStream:
         self.prompt_feats = feats
         self.reset()
 
+    def glide(self, semitones: float, seconds: float = 0.5) -> None:
+        """Legato: move the sound by ``semitones`` without a new attack. The
+        last ``seconds`` of output, resynthesised and transposed (a tape-speed
+        change: :func:`~rtengine.dsp.resample.transpose`), become the prompt,
+        and generation continues from it at once (it is not played). The
+        model keeps its prompt's pitch, so the pitch moves with it."""
+        from ..dsp.resample import transpose
+        from ..dsp.stft import istft
+
+        cfg = self.audio
+        span = min(seconds * 2.0 ** (semitones / 12.0), GLIDE_HISTORY_S)   # source seconds
+        n = min(self._recent.shape[1], int(np.ceil(span * cfg.frame_rate)) + cfg.n_fft // cfg.hop)
+        frames = np.roll(self._recent, -self._recent_at, axis=1)[:, -n:]
+        audio = istft(frames, cfg)[-int(span * cfg.sample_rate):]
+        self.prime(transpose(audio, semitones))
+        self.pos = self.prompt_frames
+
     def reset(self) -> None:
         """Back to the start of the prompt (same seed, same output)."""
         if self.prompt_feats is None:
@@ -134,7 +165,14 @@ class IFFARStream:
         self.pos = 0
         self.phase = np.angle(self.prompt_X[:, -1]).copy()
         self.mag = np.abs(self.prompt_X[:, -1]).copy()
-        self.omega = np.zeros_like(self.mag)
+        # the prompt's last phase advance: a frame frozen at once keeps moving
+        self.omega = np.angle(self.prompt_X[:, -1] * np.conj(self.prompt_X[:, -2])) \
+            if self.prompt_frames > 1 else np.zeros_like(self.mag)
+        self._locked = False
+        keep = min(self.prompt_frames, self._recent.shape[1])
+        self._recent[:] = 0.0
+        self._recent[:, -keep:] = self.prompt_X[:, -keep:]
+        self._recent_at = 0
         if self.integrator is not None:
             self.integrator.reset()
             _seed_integrator(self.integrator, self.mag, self.phase, self.omega)
@@ -153,7 +191,14 @@ class IFFARStream:
         self.pos += 1
         if not freeze:
             self._generate(note, family, temperature)
-        return self.mag, self._integrate()
+            self._locked = False
+        elif not self._locked:                   # held: each partial's bins turn as one
+            self.omega = lock_to_peaks(self.mag, self.omega)
+            self._locked = True
+        phase = self._integrate()
+        np.multiply(self.mag, np.exp(1j * phase), out=self._recent[:, self._recent_at])
+        self._recent_at = (self._recent_at + 1) % self._recent.shape[1]
+        return self.mag, phase
 
     def _label_embedding(self, note, family):
         """→ (label embedding ``(C,)``, pitch template ``(F,)`` or None), cached."""
@@ -261,6 +306,8 @@ class IFFARStage(Stage):
                              description="hold the current frame (>= 0.5)"))
         self.add_param(Param("prime", 0.0, 1.0, 0.0, "", smoothing=0.0,
                              description="restart from the prompt (rising edge through 0.5)"))
+        self.add_param(Param("legato", 0.0, 1.0, 0.0, "", smoothing=0.0,
+                             description="a new note glides from the sound, no new attack (>= 0.5)"))
         self.add_param(Param("gain", -48.0, 12.0, 0.0, "dB", smoothing=0.05,
                              description="output level"))
         self.latency_samples = cfg.n_fft // 2
@@ -285,7 +332,20 @@ class IFFARStage(Stage):
     def _reprime_at(self, note: int) -> None:
         """Restart from a generated prompt at ``note``."""
         self._prompt_pitch = note
+        self._glided = False
         self.stream.prime(self._note_prompt(note))
+
+    def _restart(self) -> None:
+        """Back to the configured prompt (after glides, the stream's prompt
+        is its own transposed output)."""
+        self._prompt_pitch = float(self.options.get("prompt_note", 60))
+        self._glided = False
+        self.stream.prime(self._prompt_audio())
+
+    def _glide_to(self, note: int) -> None:
+        self.stream.glide(note - self._prompt_pitch, float(self.options.get("prompt_seconds", 0.5)))
+        self._prompt_pitch = note
+        self._glided = True
 
     def prepare(self, max_frames: int) -> None:
         super().prepare(max_frames)
@@ -295,21 +355,36 @@ class IFFARStage(Stage):
         self.stream = IFFARStream(model, self.seed, self.phase_mode,
                                   bool(self.options.get("play_prompt", True)),
                                   bool(self.options.get("level_guard", False)))
-        self.stream.prime(self._prompt_audio())
-        self._prompt_pitch = float(self.options.get("prompt_note", 60))
+        self._restart()
         self.ola = OverlapAdd(self.cfg)
         self._spec = np.zeros((self.cfg.n_bins, max(1, max_frames)), dtype=np.complex128)
         self._prime_high = False
         # warm up (numba JIT of the OLA, first inference), then start clean
         self.process(None, 2)
+        self.burst_ms = self._time_restart()
         self.reset()
+
+    def _time_restart(self) -> float:
+        """Wall milliseconds of the heaviest restart a control can ask for
+        within one frame's call (a prime, a retrigger, a legato glide of an
+        octave: the prompt's analysis and the encoder over it), warm: the
+        live player keeps that much more audio buffered."""
+        ms = 0.0
+        with compute_threads(int(self.options.get("threads", 1))):
+            for _ in range(2):
+                t0 = time.perf_counter()
+                self._restart()
+                ms = 1000.0 * (time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                self.stream.glide(12.0, float(self.options.get("prompt_seconds", 0.5)))
+                ms = max(ms, 1000.0 * (time.perf_counter() - t0))
+        self._restart()
+        return ms
 
     def reset(self) -> None:
         if self.stream is not None:
-            if self._prompt_pitch != float(self.options.get("prompt_note", 60)) \
-                    and self.prompt == "note":
-                self._prompt_pitch = float(self.options.get("prompt_note", 60))
-                self.stream.prime(self._prompt_audio())
+            if self._glided or self._prompt_pitch != float(self.options.get("prompt_note", 60)):
+                self._restart()
             self.stream.reset()
             self.ola.reset()
         self._prime_high = False
@@ -326,20 +401,26 @@ class IFFARStage(Stage):
         temp = self.params["temperature"].frames(k)[:, 0]
         freeze = self.params["freeze"].frames(k)[:, 0]
         prime = self.params["prime"].frames(k)[:, 0]
+        legato = self.params["legato"].frames(k)[:, 0]
         gain = self.params["gain"].frames(k)[:, 0].copy()
         for j in range(k):
             high = prime[j] >= 0.5
             n = int(round(note[j]))
-            new_note = self.prompt == "note" and n >= 0 and n != self._prompt_pitch
-            if new_note and self.retrigger:
-                self._reprime_at(n)
-            elif high and not self._prime_high:
-                if new_note:
+            glide = legato[j] >= 0.5
+            new_note = n >= 0 and n != self._prompt_pitch and (self.prompt == "note" or glide)
+            if high and not self._prime_high:
+                if self.prompt == "note" and n >= 0 and (new_note or self._glided):
                     # a generated prompt follows the note: the model keeps its
                     # prompt's pitch far better than it follows the label
                     self._reprime_at(n)
+                elif self._glided:
+                    self._restart()
                 else:
                     self.stream.reset()
+            elif new_note and glide:
+                self._glide_to(n)
+            elif new_note and self.retrigger:
+                self._reprime_at(n)
             self._prime_high = high
             mag, ph = self.stream.next_frame(n if n >= 0 else None,
                                              int(round(fam[j])) if fam[j] >= 0 else None,
