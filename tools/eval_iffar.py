@@ -42,7 +42,8 @@ Phases: one-step frames advance the *true* previous phase by the predicted
 With ``--pitch`` the model is also asked for the clip's own note and a note
 ``+5`` semitones away (roll-outs at T = 0.7 with the level guard, as the
 stage plays), and plays note ``+5`` as the stage's ``retrigger`` does (a
-restart from a generated tone at that note); the generated note's f0
+restart from a generated tone at that note) and as its ``legato`` does (the
+clip's own sound transposed and continued); the generated note's f0
 (harmonic sum over the generated magnitudes) is compared with the requested
 one, in cents.
 """
@@ -359,7 +360,7 @@ def pitch_test(model, data, rows, args, cfg) -> dict:
 
     from rtengine.stages.iffar import IFFARStream, harmonic_tone
 
-    out = {"own": [], "plus5": [], "none": [], "retrigger": [], "truth": []}
+    out = {"own": [], "plus5": [], "none": [], "retrigger": [], "legato": [], "truth": []}
     f = cfg.n_bins
     s, L = args.start, args.context
     for ci, row in enumerate(rows):
@@ -386,6 +387,13 @@ def pitch_test(model, data, rows, args, cfg) -> dict:
         st.prime(harmonic_tone(note + 5, 0.5, cfg.sample_rate))
         M = np.stack([st.next_frame(note + 5, fam, 0.7)[0] for _ in range(args.pitch_frames)], axis=1)
         out["retrigger"].append(abs(cents(f0_harmonic_sum(M, cfg), float(metrics.midi_to_hz(note + 5)))))
+        # the stage's `legato`: from the clip's own audio up to the context's
+        # end, glide the running sound up 5 semitones and go on generating
+        st = IFFARStream(model, seed=ci, play_prompt=False, guard=True)
+        st.prime(x[0, :(a + 1) * cfg.hop].numpy())
+        st.glide(5.0)
+        M = np.stack([st.next_frame(note + 5, fam, 0.7)[0] for _ in range(args.pitch_frames)], axis=1)
+        out["legato"].append(abs(cents(f0_harmonic_sum(M, cfg), float(metrics.midi_to_hz(note + 5)))))
     res = {}
     for k, v in out.items():
         v = np.asarray(v)
@@ -394,7 +402,9 @@ def pitch_test(model, data, rows, args, cfg) -> dict:
     res["note"] = ("own: requested = the clip's note; plus5: requested = note + 5 semitones "
                    "(error against the request); none: no pitch label (error against the "
                    "prompt's note); retrigger: note + 5 as the stage's retrigger plays it, "
-                   "restarted from a generated 0.5 s tone at that note; truth: the estimator "
+                   "restarted from a generated 0.5 s tone at that note; legato: note + 5 as the "
+                   "stage's legato plays it, the clip's last 0.5 s before the generated frames "
+                   "transposed by +5 and continued; truth: the estimator "
                    "on the real continuation")
     return res
 
