@@ -64,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rtengine import metrics  # noqa: E402
+from rtengine.compute_threads import set_blas_threads  # noqa: E402
 from rtengine.data.manifest import atomic_write_text  # noqa: E402
 from rtengine.nn.iffar import load_iffar  # noqa: E402
 from rtengine.nn.iffar_features import (if_from_phase, istft, log_magnitude, phase_advance,  # noqa: E402
@@ -242,6 +243,7 @@ def main(argv=None):
     p.add_argument("--card", default=None, help="write the metrics into this card.yaml")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    set_blas_threads(1)              # the stage's frame step (pitch test) computes in NumPy
     from train_iffar import DITHER, clip_labels, load_clip, read_manifest
 
     model = load_iffar(args.weights).double()
