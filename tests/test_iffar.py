@@ -451,6 +451,26 @@ def test_legato_glides_to_each_new_note_without_a_new_attack(tiny_weights):
     assert abs(semis(2.03, 2.25) - 58) < 0.1 and abs(_rms_db(seg(2.03, 2.2)) - before) > 3
 
 
+def test_held_glides_up_and_back_keep_the_band_above_nyquist_over_ratio(tiny_weights):
+    """Frozen, glides transpose the sound held before the first of them: up a
+    fifth and back, the band a fifth up would push past Nyquist is still there."""
+    from rtengine.engine.render import render
+
+    sr, lat = A22.sample_rate, 512
+    auto = [{"t": 0.0, "param": "iffar.note", "value": 84}, {"t": 0.4, "param": "iffar.freeze", "value": 1},
+            {"t": 1.0, "param": "iffar.note", "value": 91}, {"t": 1.5, "param": "iffar.note", "value": 84}]
+    y = render(_engine(tiny_weights, 2.0, {"temperature": 0.5, "legato": 1}, options={"prompt_note": 84},
+                       automation=auto), 2 * sr, block_size=256)     # C6: partials up to 10.4 kHz
+
+    def high_db(a, b):                     # energy above Nyquist / 1.5, relative to the whole
+        s = y[int(a * sr) + lat:int(b * sr) + lat]
+        p = np.abs(np.fft.rfft(s * np.hanning(len(s)))) ** 2
+        return 10 * np.log10(p[np.fft.rfftfreq(len(s), 1 / sr) > sr / 2 / 1.5].sum() / p.sum())
+
+    before, back = high_db(0.6, 0.95), high_db(1.6, 1.95)
+    assert abs(back - before) < 3          # (a glide back from the fifth's own sound: empty)
+
+
 def test_a_frame_frozen_right_after_the_prompt_keeps_its_pitch(tiny_weights):
     """Frozen from the first generated frame, the held frame advances by the
     prompt's own last phase step, not by nothing (which would buzz at the frame rate)."""

@@ -143,17 +143,25 @@ class IFFARStream:
         last ``seconds`` of output, resynthesised and transposed (a tape-speed
         change: :func:`~rtengine.dsp.resample.transpose`), become the prompt,
         and generation continues from it at once (it is not played). The
-        model keeps its prompt's pitch, so the pitch moves with it."""
+        model keeps its prompt's pitch, so the pitch moves with it.
+
+        Glides with nothing generated in between (a held drone) all transpose
+        the sound held before the first of them, by their summed interval: a
+        glide up and back down then loses no band above Nyquist / ratio."""
         from ..dsp.resample import transpose
         from ..dsp.stft import istft
 
         cfg = self.audio
-        span = min(seconds * 2.0 ** (semitones / 12.0), GLIDE_HISTORY_S)   # source seconds
-        n = min(self._recent.shape[1], int(np.ceil(span * cfg.frame_rate)) + cfg.n_fft // cfg.hop)
-        frames = np.roll(self._recent, -self._recent_at, axis=1)[:, -n:]
-        audio = istft(frames, cfg)[-int(span * cfg.sample_rate):]
-        self.prime(transpose(audio, semitones))
+        if self._glide_base is None:
+            frames = np.roll(self._recent, -self._recent_at, axis=1)
+            base = (istft(frames, cfg), 0.0)
+        else:
+            base = self._glide_base
+        audio, shift = base[0], base[1] + semitones
+        span = min(seconds * 2.0 ** (shift / 12.0), GLIDE_HISTORY_S)     # source seconds
+        self.prime(transpose(audio[-int(span * cfg.sample_rate):], shift))
         self.pos = self.prompt_frames
+        self._glide_base = (audio, shift)
 
     def reset(self) -> None:
         """Back to the start of the prompt (same seed, same output)."""
@@ -169,6 +177,7 @@ class IFFARStream:
         self.omega = np.angle(self.prompt_X[:, -1] * np.conj(self.prompt_X[:, -2])) \
             if self.prompt_frames > 1 else np.zeros_like(self.mag)
         self._locked = False
+        self._glide_base = None            # (audio held before the glides, their summed interval)
         keep = min(self.prompt_frames, self._recent.shape[1])
         self._recent[:] = 0.0
         self._recent[:, -keep:] = self.prompt_X[:, -keep:]
@@ -192,6 +201,7 @@ class IFFARStream:
         if not freeze:
             self._generate(note, family, temperature)
             self._locked = False
+            self._glide_base = None
         elif not self._locked:                   # held: each partial's bins turn as one
             self.omega = lock_to_peaks(self.mag, self.omega)
             self._locked = True
