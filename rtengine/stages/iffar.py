@@ -107,9 +107,11 @@ class IFFARStream:
             self.integrator = PhaseIntegrator(self.audio.n_fft, self.audio.hop, mode="heap",
                                               lookahead=False, use_lambda=False, seed=self.seed)
         self.prompt_feats = None
-        # the last output frames, oldest first after ``_recent_at``: what glide() transposes
-        self._recent = np.zeros((f, int(np.ceil(GLIDE_HISTORY_S * self.audio.frame_rate))),
-                                dtype=np.complex128)
+        # the last output frames' magnitude and phase, oldest first after
+        # ``_recent_at``: what glide() transposes (two copies per frame; the
+        # complex frames are made only when gliding)
+        n_recent = int(np.ceil(GLIDE_HISTORY_S * self.audio.frame_rate))
+        self._recent_mag, self._recent_phase = np.zeros((f, n_recent)), np.zeros((f, n_recent))
         self._recent_at = 0
         self.step = FrameStep(self.model)
         self._labels: dict = {}
@@ -153,7 +155,7 @@ class IFFARStream:
 
         cfg = self.audio
         if self._glide_base is None:
-            frames = np.roll(self._recent, -self._recent_at, axis=1)
+            frames = np.roll(self._recent_mag * np.exp(1j * self._recent_phase), -self._recent_at, axis=1)
             base = (istft(frames, cfg), 0.0)
         else:
             base = self._glide_base
@@ -178,9 +180,10 @@ class IFFARStream:
             if self.prompt_frames > 1 else np.zeros_like(self.mag)
         self._locked = False
         self._glide_base = None            # (audio held before the glides, their summed interval)
-        keep = min(self.prompt_frames, self._recent.shape[1])
-        self._recent[:] = 0.0
-        self._recent[:, -keep:] = self.prompt_X[:, -keep:]
+        keep = min(self.prompt_frames, self._recent_mag.shape[1])
+        self._recent_mag[:] = 0.0
+        self._recent_mag[:, -keep:] = np.abs(self.prompt_X[:, -keep:])
+        self._recent_phase[:, -keep:] = np.angle(self.prompt_X[:, -keep:])
         self._recent_at = 0
         if self.integrator is not None:
             self.integrator.reset()
@@ -206,8 +209,9 @@ class IFFARStream:
             self.omega = lock_to_peaks(self.mag, self.omega)
             self._locked = True
         phase = self._integrate()
-        np.multiply(self.mag, np.exp(1j * phase), out=self._recent[:, self._recent_at])
-        self._recent_at = (self._recent_at + 1) % self._recent.shape[1]
+        self._recent_mag[:, self._recent_at] = self.mag
+        self._recent_phase[:, self._recent_at] = phase
+        self._recent_at = (self._recent_at + 1) % self._recent_mag.shape[1]
         return self.mag, phase
 
     def _label_embedding(self, note, family):
@@ -394,8 +398,9 @@ class IFFARStage(Stage):
     def reset(self) -> None:
         if self.stream is not None:
             if self._glided or self._prompt_pitch != float(self.options.get("prompt_note", 60)):
-                self._restart()
-            self.stream.reset()
+                self._restart()                  # priming resets the stream
+            else:
+                self.stream.reset()
             self.ola.reset()
         self._prime_high = False
 
