@@ -242,6 +242,47 @@ def test_mean_path_shifts_the_diffusion_to_the_residual_and_starts_as_a_no_op():
     assert isinstance(meaned.denoiser.mean, LatentMean)
 
 
+def test_level_lock_moves_each_frames_level_to_the_mean_estimate_and_keeps_its_shape():
+    from rtengine.nn.latentft import level_weights, lock_level
+
+    w = level_weights(80)
+    assert w.shape == (80,) and abs(float(w.sum()) - 1) < 1e-6 and float(w[-1]) > 5 * float(w[0])
+    g = torch.Generator().manual_seed(0)
+    y, mu = torch.randn(2, 80, 12, generator=g), torch.randn(2, 80, 12, generator=g)
+    level = lambda v: torch.einsum("m,bmt->bt", w, v)       # noqa: E731
+    full, half = lock_level(y, mu, 1.0), lock_level(y, mu, 0.5)
+    assert torch.allclose(level(full), level(mu), atol=1e-5)
+    assert torch.allclose(level(half), 0.5 * (level(y) + level(mu)), atol=1e-5)
+    assert torch.equal(lock_level(y, mu, 0.0), y)
+    # one shift per frame: the shape across mel bands is the sample's
+    d = full - y
+    assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-6)
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="models/latentft-22k not shipped")
+def test_locked_chunk_has_the_level_of_the_mean_path_for_one_source_guided_or_blended():
+    from rtengine.nn.latentft import level_weights, load_model
+
+    model = load_model(SHIPPED)
+    P, H, C = model.context, model.hop, model.arch["latent"]
+    g = torch.Generator().manual_seed(1)
+    ca, cb = torch.randn(1, C, P + H, generator=g), torch.randn(1, C, P + H, generator=g)
+    ctx, noise = torch.full((1, 80, P), -0.3), torch.randn(1, 80, H, generator=g)
+    level = lambda v: torch.einsum("m,bmt->bt", level_weights(80), v)       # noqa: E731
+    mean = lambda c: model.denoiser.mean(c)[..., P:]                        # noqa: E731
+    with torch.no_grad():
+        for conds, weights, s, mu in (
+                ([ca], [1.0], 1.0, mean(ca)),
+                ([ca], [1.0], 2.0, 2 * mean(ca) - mean(torch.zeros_like(ca))),
+                ([ca, cb], [0.6, 0.2], 1.0, 0.75 * mean(ca) + 0.25 * mean(cb))):
+            free = model.decode_chunk(conds, weights, ctx, noise, 4, s, 2.0)
+            locked = model.decode_chunk(conds, weights, ctx, noise, 4, s, 2.0, lock=1.0)
+            assert torch.allclose(level(locked), level(mu), atol=1e-4)
+            assert (level(free) - level(mu)).abs().max() > 1e-2       # the lock did something
+            d = locked - free                                         # and only the level moved
+            assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-5)
+
+
 def test_encoder_skip_starts_as_a_no_op_and_adds_a_per_frame_linear_path():
     torch.manual_seed(0)
     plain = LatentFTModel(dict(TINY))
@@ -421,6 +462,27 @@ def test_spectrogram_baseline_keeps_the_mel_with_every_band_and_removes_its_patt
     # without the band holding DC each mel bin loses its mean over time
     fast = scale_mel(both[1])
     assert np.abs(fast.mean(axis=1)).max() < 0.05 < np.abs(scale_mel(mel).mean(axis=1)).max()
+
+
+def test_live_spectrogram_baseline_is_the_one_sided_operator_on_the_mel_aligned_with_the_input():
+    ev = _eval_tool()
+    rng = np.random.default_rng(1)
+    mel = np.log(rng.uniform(1e-3, 1.0, (80, 150)))
+    W, D, H = 128, 16, 24
+    masks = torch.from_numpy(np.stack([band_mask(2, [0, 1], 2 * W), band_mask(4, [2], 2 * W)]))
+    live = ev.spectrogram_baseline_live(mel, masks, D, H, W)
+    assert live.shape == (2, 80, 150)
+    # every band kept: the mel itself, frame for frame (no delay left)
+    np.testing.assert_allclose(live[0], np.maximum(mel, LOG_MEL_MIN), atol=1e-4)
+    # one band: the operator the stage runs on its latent, here on the scaled mel
+    y = torch.from_numpy(scale_mel(mel).astype(np.float32))
+    pad = torch.full((80,), float(scale_mel(LOG_MEL_MIN)))
+    ref = one_sided_operator(torch.cat([y, pad[:, None].expand(-1, D + H)], 1), masks[1], D, H, pad, W)
+    np.testing.assert_allclose(scale_mel(live[1]), np.maximum(ref[:, D:D + 150].numpy(), float(scale_mel(LOG_MEL_MIN))),
+                               atol=1e-4)
+    # and it is not the offline, two-sided mask
+    off = ev.spectrogram_baseline(mel, lambda n: band_mask(4, [2], n)[None])[0]
+    assert np.abs(off - live[1]).mean() > 0.05
 
 
 def test_eval_vocoder_choice_pghi_or_the_pg_network():

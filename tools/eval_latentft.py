@@ -11,7 +11,10 @@
    al., which the paper cites) and 10·log10 of the mean A-weighted power
    (what the authors' evaluation code computes).
    Baseline "Spectrogram": the scaled log-mel itself DFT-masked along time
-   with the same band (offline, two-sided, whole clip), then vocoded.
+   with the same band (offline, two-sided, whole clip), then vocoded. And
+   the same baseline as it would run live ("spectrogram_live"): the scaled
+   log-mel through LatentFT's own one-sided operator (window W, look-ahead
+   D, chunks of H), the like-for-like comparison for the streamed figures.
    ``--vocoder`` picks the vocoder of all outputs: PGHI (default) or a PG
    vocoder network (``pgvoc-22k``), as the paper vocodes with one (BigVGAN).
    Quality (the paper's FAD, here on log-mel frames): the Fréchet distance
@@ -49,7 +52,7 @@ from rtengine.data.manifest import atomic_write_text  # noqa: E402
 from rtengine.io import read_audio  # noqa: E402
 from rtengine.metrics import frechet_distance, loudness_correlation, rhythm_similarity  # noqa: E402
 from rtengine.nn.latentft import (LOG_MEL_MIN, apply_latent_mask, band_edges_hz,  # noqa: E402
-                                  band_mask, load_model, one_sided_operator, scale_mel,
+                                  band_mask, load_model, one_sided_chunk, one_sided_operator, scale_mel,
                                   stream_generate, unscale_mel)
 
 PARTITIONS = (2, 4, 8)
@@ -70,6 +73,30 @@ def spectrogram_baseline(mel: np.ndarray, masks_fn) -> np.ndarray:
     m = torch.from_numpy(masks_fn(n))
     out = apply_latent_mask(y.expand(m.shape[0], -1, -1), m, n)
     return np.maximum(unscale_mel(out.numpy()), LOG_MEL_MIN)
+
+
+def one_sided_mel(mel: np.ndarray, masks: torch.Tensor, lookahead: int, hop: int,
+                  window: int) -> torch.Tensor:
+    """The "Spectrogram" baseline through the live operator: the scaled
+    log-mel streamed as LatentFT streams its latent (a ring of ``window``
+    frames that starts as silence, masked every ``hop`` frames, frames
+    ``lookahead`` behind the newest kept; :func:`one_sided_operator`), aligned
+    with the input. masks ``(B, window+1)`` → ``(B, n_mels, T)`` scaled log-mel
+    (:func:`scale_mel`; sources of a blend add in this domain)."""
+    T = mel.shape[1]
+    y = torch.from_numpy(scale_mel(mel).astype(np.float32))
+    pad = torch.full((y.shape[0],), float(scale_mel(LOG_MEL_MIN)))
+    stream = torch.cat([pad[:, None].expand(-1, window), y, pad[:, None].expand(-1, lookahead + hop)], dim=1)
+    B = masks.shape[0]
+    chunks = [one_sided_chunk(stream[None, :, end - window:end].expand(B, -1, -1), masks, lookahead, hop)
+              for end in range(window + hop, stream.shape[1] + 1, hop)]
+    return torch.cat(chunks, dim=-1)[..., lookahead:lookahead + T]
+
+
+def spectrogram_baseline_live(mel: np.ndarray, masks: torch.Tensor, lookahead: int, hop: int,
+                              window: int) -> np.ndarray:
+    """:func:`one_sided_mel` as log-mel ``(B, n_mels, T)``."""
+    return np.maximum(unscale_mel(one_sided_mel(mel, masks, lookahead, hop, window).numpy()), LOG_MEL_MIN)
 
 
 def make_vocoder(name: str, cfg):
@@ -161,6 +188,9 @@ def main(argv=None) -> int:
                     help="vocoder of every output, LatentFT's and the baselines' alike: pghi (model-free, "
                          "default) or a PG vocoder network under models/ (e.g. pgvoc-22k; the paper vocodes "
                          "with a network, BigVGAN)")
+    ap.add_argument("--lock", type=float, default=0.0,
+                    help="level lock of LatentFT's outputs, 0..1 (the stage's lock: each frame's level "
+                         "moved that far to the decoder's mean estimate; 0: off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the results here")
@@ -184,17 +214,21 @@ def main(argv=None) -> int:
 
     # 1. conditional generation ------------------------------------------------
     W = model.window
-    masks = args.band_gain * torch.from_numpy(np.stack([band_mask(n, [b], 2 * W) for n, b, _ in conds]))
-    scores = {name: {"loudness": [], "rhythm": [], "loudness_power": []} for name in ("latentft", "spectrogram")}
-    per_band = {f"{n}:{b}": {"hz": hz, "latentft": [], "spectrogram": []} for n, b, hz in conds}
-    frames = {"latentft": [], "spectrogram": []}     # log-mel frames of the outputs, for mel_fd
+    bin_masks = torch.from_numpy(np.stack([band_mask(n, [b], 2 * W) for n, b, _ in conds]))
+    masks = args.band_gain * bin_masks
+    names = ("latentft", "spectrogram", "spectrogram_live")
+    scores = {name: {"loudness": [], "rhythm": [], "loudness_power": []} for name in names}
+    per_band = {f"{n}:{b}": {"hz": hz, **{name: [] for name in names}} for n, b, hz in conds}
+    frames = {name: [] for name in names}     # log-mel frames of the outputs, for mel_fd
     for ci, (x, mel) in enumerate(zip(audio, mels)):
         T = mel.shape[1]
         gen = stream_generate(model, [(mel, masks, 1.0)], T, args.steps, args.guidance,
-                              seed=args.seed + ci, sigma_min=args.sigma_min, operator=args.operator).numpy()
+                              seed=args.seed + ci, sigma_min=args.sigma_min, operator=args.operator,
+                              lock=args.lock).numpy()
         base = spectrogram_baseline(mel, lambda n: np.stack([band_mask(nb, [b], n) for nb, b, _ in conds]))
+        live = spectrogram_baseline_live(mel, bin_masks, model.lookahead, model.hop, W)
         for k, (n, b, hz) in enumerate(conds):
-            for name, m in (("latentft", gen[k]), ("spectrogram", base[k])):
+            for name, m in zip(names, (gen[k], base[k], live[k])):
                 y = vocode(m.astype(np.float32), len(x))
                 frames[name].append(scale_mel(log_mel(y, cfg)).T)
                 lo, rh, lp = adherence(x, y, hz, sr)
@@ -205,7 +239,9 @@ def main(argv=None) -> int:
         print(f"clip {ci + 1}/{len(audio)} {rows[ci]['id']}: "
               f"latentft L {np.mean(scores['latentft']['loudness']):.3f} R {np.mean(scores['latentft']['rhythm']):.3f} | "
               f"spectrogram L {np.mean(scores['spectrogram']['loudness']):.3f} "
-              f"R {np.mean(scores['spectrogram']['rhythm']):.3f}  ({time.time() - t0:.0f} s)", flush=True)
+              f"R {np.mean(scores['spectrogram']['rhythm']):.3f} | "
+              f"live L {np.mean(scores['spectrogram_live']['loudness']):.3f} "
+              f"R {np.mean(scores['spectrogram_live']['rhythm']):.3f}  ({time.time() - t0:.0f} s)", flush=True)
     gen_table = {name: {k: float(np.mean(v)) for k, v in d.items()} for name, d in scores.items()}
     real = np.concatenate([scale_mel(m).T for m in mels])
     for name in gen_table:
@@ -214,7 +250,7 @@ def main(argv=None) -> int:
                       **{name: {"loudness": float(np.mean([a for a, _, _ in v[name]])),
                                 "rhythm": float(np.mean([r for _, r, _ in v[name]])),
                                 "loudness_power": float(np.mean([p for _, _, p in v[name]]))}
-                         for name in ("latentft", "spectrogram")}}
+                         for name in names}}
                   for k, v in per_band.items()}
 
     # 2. blending ---------------------------------------------------------------
@@ -222,8 +258,8 @@ def main(argv=None) -> int:
     hi_m = torch.from_numpy(band_mask(2, [1], 2 * W))[None]
     lo_hz, hi_hz = band_edges_hz(2)
     bl = {name: {f"{s}_{m}": [] for s in "AB" for m in ("loudness", "rhythm", "loudness_power")}
-          for name in ("latentft", "spectrogram")}
-    bl_frames = {"latentft": [], "spectrogram": []}
+          for name in names}
+    bl_frames = {name: [] for name in names}
     n_pairs = min(args.blend_pairs, len(audio) // 2)
     for p in range(n_pairs):
         ia, ib = 2 * p, 2 * p + 1
@@ -231,15 +267,18 @@ def main(argv=None) -> int:
         T = min(ma.shape[1], mb.shape[1])
         g = stream_generate(model, [(ma, lo_m, 0.5), (mb, hi_m, 0.5)], T, args.steps, args.blend_guidance,
                             seed=args.seed + 100 + p, sigma_min=args.sigma_min,
-                            operator=args.operator).numpy()[0]
+                            operator=args.operator, lock=args.lock).numpy()[0]
         n = int(2 ** np.ceil(np.log2(2 * T)))
         ya = torch.from_numpy(scale_mel(ma[:, :T]).astype(np.float32))[None]
         yb = torch.from_numpy(scale_mel(mb[:, :T]).astype(np.float32))[None]
         sb = apply_latent_mask(ya, torch.from_numpy(band_mask(2, [0], n)), n) + \
             apply_latent_mask(yb, torch.from_numpy(band_mask(2, [1], n)), n)
         sb = np.maximum(unscale_mel(sb[0].numpy()), LOG_MEL_MIN)
+        # live: each source through the one-sided operator, summed in the scaled domain
+        sl = sum(one_sided_mel(m[:, :T], mk, model.lookahead, model.hop, W)[0] for m, mk in ((ma, lo_m), (mb, hi_m)))
+        sl = np.maximum(unscale_mel(sl.numpy()), LOG_MEL_MIN)
         L = min(len(xa), len(xb))
-        for name, m in (("latentft", g), ("spectrogram", sb)):
+        for name, m in zip(names, (g, sb, sl)):
             y = vocode(m.astype(np.float32), L)
             bl_frames[name].append(scale_mel(log_mel(y, cfg)).T)
             a = adherence(xa[:L], y, lo_hz, sr)
@@ -259,14 +298,14 @@ def main(argv=None) -> int:
     import shlex
     cmd = "python tools/eval_latentft.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     res = {"command": cmd, "model": str(args.model), "split": args.split, "clips": [r["id"] for r in rows], "steps": args.steps,
-           "guidance": args.guidance, "band_gain": args.band_gain, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "operator": args.operator,
+           "guidance": args.guidance, "band_gain": args.band_gain, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "lock": args.lock, "operator": args.operator,
            "vocoder": args.vocoder, "lookahead": model.lookahead, "hop": model.hop,
            "conditional": gen_table, "per_band": band_table, "blend": blend_table,
            "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}
     print("\nconditional generation (mean over 14 bands x clips)")
-    print(f"{'':14s}{'loudness':>10s}{'rhythm':>10s}{'loudness (power mean)':>24s}{'mel FD':>10s}")
+    print(f"{'':18s}{'loudness':>10s}{'rhythm':>10s}{'loudness (power mean)':>24s}{'mel FD':>10s}")
     for name, d in gen_table.items():
-        print(f"{name:14s}{d['loudness']:10.3f}{d['rhythm']:10.3f}{d['loudness_power']:24.3f}{d['mel_fd']:10.3f}")
+        print(f"{name:18s}{d['loudness']:10.3f}{d['rhythm']:10.3f}{d['loudness_power']:24.3f}{d['mel_fd']:10.3f}")
     print("\nblending (A: < 2.7 Hz, B: > 2.7 Hz)")
     for name, d in blend_table.items():
         print(name, {k: (round(v, 3) if v is not None else None) for k, v in d.items()})

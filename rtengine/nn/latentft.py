@@ -358,14 +358,18 @@ class LatentFTModel(nn.Module):
 
     @torch.no_grad()
     def decode_chunk(self, conds, weights, context: torch.Tensor, noise: torch.Tensor,
-                     steps: int, scale: float = 1.0, sigma_min: float | None = None) -> torch.Tensor:
+                     steps: int, scale: float = 1.0, sigma_min: float | None = None,
+                     lock: float = 0.0) -> torch.Tensor:
         """Sample ``H`` mel frames (scaled) with the Heun sampler.
 
         conds: list of masked latents ``(B, C, P+H)``; weights: one per cond
         (blend / isolation; one cond = plain guidance); context ``(B, n_mels, P)``;
         noise ``(B, n_mels, H)``; ``sigma_min``: the schedule's last noise level
         (default the paper's 0.002; the last Heun step returns the denoiser's
-        estimate there). → ``(B, n_mels, H)``."""
+        estimate there); ``lock`` (0..1, models with a mean path): how far each
+        frame's level is moved to the mean path's, combined over the
+        conditions as the derivatives are (:func:`lock_level`; beyond the
+        paper). → ``(B, n_mels, H)``."""
         from .edm import SIGMA_MIN, combined_derivative, heun_sample
 
         null = torch.zeros_like(conds[0])
@@ -377,7 +381,43 @@ class LatentFTModel(nn.Module):
             return combined_derivative(lambda xb, sb, cb: den(xb, sb, cb, ctx),
                                        x, sigma, conds, weights, scale, null)
 
-        return heun_sample(derivative, noise, steps, sigma_min=SIGMA_MIN if sigma_min is None else sigma_min)
+        y = heun_sample(derivative, noise, steps, sigma_min=SIGMA_MIN if sigma_min is None else sigma_min)
+        if lock > 0 and hasattr(den, "mean"):
+            P = context.shape[-1]
+            total = max(sum(float(w) for w in weights), 1e-8)        # normalised, as the derivatives
+            mu = sum(float(w) / total * den.mean(c)[..., P:] for c, w in zip(conds, weights))
+            if abs(scale - 1.0) > 1e-6:
+                mu = scale * mu + (1.0 - scale) * den.mean(null)[..., P:]
+            y = lock_level(y, mu, lock)
+        return y
+
+
+_LEVEL_WEIGHTS: dict[int, torch.Tensor] = {}
+
+
+def level_weights(n_mels: int) -> torch.Tensor:
+    """Weights ``(n_mels,)`` summing to 1 that turn a (scaled) log-mel frame
+    into its level: each mel band counts by its width in STFT bins (the 22k
+    config), as a loudness averaged in dB over STFT bins counts it. Uniform
+    for another band count."""
+    if n_mels not in _LEVEL_WEIGHTS:
+        from ..config import get_config
+        from ..dsp.mel import mel_filterbank
+
+        cfg = get_config("22k")
+        width = ((mel_filterbank(cfg) > 0).sum(axis=1).astype(np.float64) if cfg.n_mels == n_mels
+                 else np.ones(n_mels))
+        _LEVEL_WEIGHTS[n_mels] = torch.from_numpy(width / width.sum()).float()
+    return _LEVEL_WEIGHTS[n_mels]
+
+
+def lock_level(y: torch.Tensor, mu: torch.Tensor, amount: float) -> torch.Tensor:
+    """Move each frame of a sampled mel ``y`` ``(B, n_mels, T)`` (scaled) by
+    ``amount`` (0..1) of its level's distance to the level of ``mu``, the
+    decoder's per-frame mean estimate: the sample keeps its shape across mel
+    bands (the diffusion's detail) while its level follows the condition."""
+    d = torch.einsum("m,bmt->bt", level_weights(y.shape[1]).to(y.dtype), mu - y)
+    return y + float(amount) * d[:, None, :]
 
 
 def save_weights(model: LatentFTModel, path, extra: dict | None = None) -> None:
@@ -442,7 +482,8 @@ def chunk_conditions(model: LatentFTModel, mel: np.ndarray, masks: torch.Tensor,
 
 def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8,
                     scale: float = 1.0, seed: int = 0, variation: int = 0,
-                    sigma_min: float | None = None, operator: str = "stream") -> torch.Tensor:
+                    sigma_min: float | None = None, operator: str = "stream",
+                    lock: float = 0.0) -> torch.Tensor:
     """Offline run of the live stage, batched over mask variants.
 
     sources: list of ``(log_mel (n_mels, T_s) array, masks (B, W+1) tensor,
@@ -455,7 +496,8 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
     ``operator="offline"`` conditions every chunk on the same frames of the
     whole stream masked at once (two-sided, eq. 3 over the whole sequence,
     as the paper's experiments), instead of the live one-sided window: the
-    exact band selection, for offline rendering and evaluation."""
+    exact band selection, for offline rendering and evaluation. ``lock``:
+    see :meth:`LatentFTModel.decode_chunk`."""
     if operator not in ("stream", "offline"):
         raise ValueError(f"operator must be 'stream' or 'offline', got {operator!r}")
     H, D, P = model.hop, model.lookahead, model.context
@@ -471,7 +513,7 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
     for j in range(n_chunks):
         g = torch.Generator().manual_seed(chunk_seed(seed, variation, j))
         noise = torch.randn(1, n_mels, H, generator=g).expand(B, -1, -1).contiguous()
-        y = model.decode_chunk([c[j] for c in conds], weights, context, noise, steps, scale, sigma_min)
+        y = model.decode_chunk([c[j] for c in conds], weights, context, noise, steps, scale, sigma_min, lock)
         y = y.clamp(-1.5, 1.2)
         context = y[..., -P:]
         outs.append(y)

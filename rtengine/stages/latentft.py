@@ -23,7 +23,8 @@ blocks; noise is seeded per chunk from the stage seed and the variation count.
 
 OSC (``/rtengine/latentft/...``): ``gain/<band>`` (8, 0..2), ``bands`` (2/4/8),
 ``guidance``, ``steps``, ``weight_a``, ``weight_b``, ``gain_b/<band>``,
-``isolate``, ``variation`` (a rising edge past 0.5 draws new noise).
+``isolate``, ``variation`` (a rising edge past 0.5 draws new noise),
+``lock`` (how far each frame's level follows the decoder's mean estimate).
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ class LatentFTStage(Stage):
         self._weights = find_model(self.model_name)
         from ..neural_vocoder import inference_defaults
         card = inference_defaults(self._weights.parent)
+        self.add_param(Param("lock", 0.0, 1.0, float(card.get("level_lock", 0.0)), smoothing=0.05,
+                             description="how far each frame's level follows the decoder's mean "
+                                         "estimate (1: the bands' level contour exactly; 0: the "
+                                         "diffusion's own; default: the model card's)"))
         self.sigma_min = float(self.options.get("sigma_min", card.get("sigma_min", 0.002)))
         if not 0 < self.sigma_min < 80:
             raise UserError(f"latentft: sigma_min must be in (0, 80), got {self.sigma_min:g}")
@@ -149,7 +154,7 @@ class LatentFTStage(Stage):
         for _ in range(2):
             t0 = time.perf_counter()
             self._run_chunk(np.zeros(self.n_gain) + 1, 8, 2.0, 8, 1.0, 1.0, np.ones(self.n_gain), 0.0,
-                            warm=True)
+                            1.0, warm=True)
         self.burst_ms = 1000.0 * (time.perf_counter() - t0)
         self.reset()
 
@@ -192,7 +197,7 @@ class LatentFTStage(Stage):
         mask = torch.from_numpy(gains_to_mask(gains[:n_bands], n_bands, 2 * self.W))
         return one_sided_chunk(torch.from_numpy(ring)[None], mask, self.D, self.H, self.P)
 
-    def _run_chunk(self, gains, n_bands, guidance, steps, wa, wb, gains_b, isolate, warm=False):
+    def _run_chunk(self, gains, n_bands, guidance, steps, wa, wb, gains_b, isolate, lock=0.0, warm=False):
         import torch
 
         from ..nn.latentft import chunk_seed, unscale_mel
@@ -216,7 +221,7 @@ class LatentFTStage(Stage):
         noise = torch.randn(1, self.cfg.n_mels, self.H, generator=g)
         ctx = torch.from_numpy(self._context)[None]
         y = self.model.decode_chunk(conds, weights, ctx, noise, int(steps), float(guidance),
-                                    self.sigma_min)[0]
+                                    self.sigma_min, float(lock))[0]
         y = y.clamp(-1.5, 1.2).numpy()
         if warm:
             return
@@ -237,6 +242,7 @@ class LatentFTStage(Stage):
         wb = pr["weight_b"].frames(k)[:, 0]
         iso = pr["isolate"].frames(k)[:, 0]
         var = pr["variation"].frames(k)[:, 0]
+        lock = pr["lock"].frames(k)[:, 0]
         out = np.empty((self.cfg.n_mels, k), np.float32)
         x = np.asarray(x, np.float32)
         for i in range(k):
@@ -250,7 +256,7 @@ class LatentFTStage(Stage):
                 self._pos = 0
                 self._last_gains = gain[i].copy()
                 self._run_chunk(self._last_gains, _band_count(bands[i]), guid[i], round(steps[i]),
-                                wa[i], wb[i], gain_b[i].copy(), iso[i])
+                                wa[i], wb[i], gain_b[i].copy(), iso[i], lock[i])
         return out
 
     def describe(self):
@@ -291,7 +297,7 @@ def bench_latentft(model: str = DEFAULT_MODEL, steps: int = 8, repeat: int = 5,
         times, cpu = [], []
         for _ in range(repeat):
             t, c = time.perf_counter(), time.process_time()
-            st._run_chunk(np.ones(8), 8, s, steps, 1.0, 1.0 if blend else 0.0, np.ones(8), 0.0)
+            st._run_chunk(np.ones(8), 8, s, steps, 1.0, 1.0 if blend else 0.0, np.ones(8), 0.0, 1.0)
             times.append(1000.0 * (time.perf_counter() - t))
             cpu.append(1000.0 * (time.process_time() - c))
         st._blend_mel = None
