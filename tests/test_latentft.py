@@ -243,7 +243,7 @@ def test_mean_path_shifts_the_diffusion_to_the_residual_and_starts_as_a_no_op():
 
 
 def test_level_lock_moves_each_frames_level_to_the_mean_estimate_and_keeps_its_shape():
-    from rtengine.nn.latentft import level_weights, lock_level
+    from rtengine.nn.latentft import level_weights, lock_level, region_levels
 
     w = level_weights(80)
     assert w.shape == (80,) and abs(float(w.sum()) - 1) < 1e-6 and float(w[-1]) > 5 * float(w[0])
@@ -257,18 +257,28 @@ def test_level_lock_moves_each_frames_level_to_the_mean_estimate_and_keeps_its_s
     # one shift per frame: the shape across mel bands is the sample's
     d = full - y
     assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-6)
+    # by regions: each region's level is mu's, one shift per region and frame
+    R = region_levels(80, 4)
+    four = lock_level(y, mu, 1.0, regions=4)
+    assert torch.allclose(torch.einsum("nm,bmt->bnt", R, four), torch.einsum("nm,bmt->bnt", R, mu), atol=1e-5)
+    assert torch.allclose(level(four), level(mu), atol=1e-5)
+    d = four - y
+    for lo in (0, 20, 40, 60):
+        assert torch.allclose(d[:, lo:lo + 20], d[:, lo:lo + 1].expand(-1, 20, -1), atol=1e-5)
+    assert (d[:, 0] - d[:, 79]).abs().max() > 1e-2
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="models/latentft-22k not shipped")
 def test_locked_chunk_has_the_level_of_the_mean_path_for_one_source_guided_or_blended():
-    from rtengine.nn.latentft import level_weights, load_model
+    from rtengine.nn.latentft import LOCK_REGIONS, load_model, region_levels
 
     model = load_model(SHIPPED)
     P, H, C = model.context, model.hop, model.arch["latent"]
     g = torch.Generator().manual_seed(1)
     ca, cb = torch.randn(1, C, P + H, generator=g), torch.randn(1, C, P + H, generator=g)
     ctx, noise = torch.full((1, 80, P), -0.3), torch.randn(1, 80, H, generator=g)
-    level = lambda v: torch.einsum("m,bmt->bt", level_weights(80), v)       # noqa: E731
+    R = region_levels(80, LOCK_REGIONS)
+    level = lambda v: torch.einsum("nm,bmt->bnt", R, v)                     # noqa: E731
     mean = lambda c: model.denoiser.mean(c)[..., P:]                        # noqa: E731
     with torch.no_grad():
         for conds, weights, s, mu in (
@@ -279,8 +289,8 @@ def test_locked_chunk_has_the_level_of_the_mean_path_for_one_source_guided_or_bl
             locked = model.decode_chunk(conds, weights, ctx, noise, 4, s, 2.0, lock=1.0)
             assert torch.allclose(level(locked), level(mu), atol=1e-4)
             assert (level(free) - level(mu)).abs().max() > 1e-2       # the lock did something
-            d = locked - free                                         # and only the level moved
-            assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-5)
+            d = locked - free                          # and only the regions' levels moved
+            assert torch.allclose(level(d), d, atol=1e-5)
 
 
 def test_encoder_skip_starts_as_a_no_op_and_adds_a_per_frame_linear_path():

@@ -51,7 +51,7 @@ from rtengine.dsp.vocoder import vocode_pghi  # noqa: E402
 from rtengine.data.manifest import atomic_write_text  # noqa: E402
 from rtengine.io import read_audio  # noqa: E402
 from rtengine.metrics import frechet_distance, loudness_correlation, rhythm_similarity  # noqa: E402
-from rtengine.nn.latentft import (LOG_MEL_MIN, apply_latent_mask, band_edges_hz,  # noqa: E402
+from rtengine.nn.latentft import (LOCK_REGIONS, LOG_MEL_MIN, apply_latent_mask, band_edges_hz,  # noqa: E402
                                   band_mask, load_model, one_sided_chunk, one_sided_operator, scale_mel,
                                   stream_generate, unscale_mel)
 
@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lock", type=float, default=0.0,
                     help="level lock of LatentFT's outputs, 0..1 (the stage's lock: each frame's level "
                          "moved that far to the decoder's mean estimate; 0: off)")
+    ap.add_argument("--lock-regions", type=int, default=LOCK_REGIONS,
+                    help="groups of mel bands whose levels the lock sets (default %(default)s, the stage's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the results here")
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
         T = mel.shape[1]
         gen = stream_generate(model, [(mel, masks, 1.0)], T, args.steps, args.guidance,
                               seed=args.seed + ci, sigma_min=args.sigma_min, operator=args.operator,
-                              lock=args.lock).numpy()
+                              lock=args.lock, lock_regions=args.lock_regions).numpy()
         base = spectrogram_baseline(mel, lambda n: np.stack([band_mask(nb, [b], n) for nb, b, _ in conds]))
         live = spectrogram_baseline_live(mel, bin_masks, model.lookahead, model.hop, W)
         for k, (n, b, hz) in enumerate(conds):
@@ -267,7 +269,8 @@ def main(argv=None) -> int:
         T = min(ma.shape[1], mb.shape[1])
         g = stream_generate(model, [(ma, lo_m, 0.5), (mb, hi_m, 0.5)], T, args.steps, args.blend_guidance,
                             seed=args.seed + 100 + p, sigma_min=args.sigma_min,
-                            operator=args.operator, lock=args.lock).numpy()[0]
+                            operator=args.operator, lock=args.lock,
+                            lock_regions=args.lock_regions).numpy()[0]
         n = int(2 ** np.ceil(np.log2(2 * T)))
         ya = torch.from_numpy(scale_mel(ma[:, :T]).astype(np.float32))[None]
         yb = torch.from_numpy(scale_mel(mb[:, :T]).astype(np.float32))[None]
@@ -298,7 +301,7 @@ def main(argv=None) -> int:
     import shlex
     cmd = "python tools/eval_latentft.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     res = {"command": cmd, "model": str(args.model), "split": args.split, "clips": [r["id"] for r in rows], "steps": args.steps,
-           "guidance": args.guidance, "band_gain": args.band_gain, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "lock": args.lock, "operator": args.operator,
+           "guidance": args.guidance, "band_gain": args.band_gain, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "lock": args.lock, "lock_regions": args.lock_regions, "operator": args.operator,
            "vocoder": args.vocoder, "lookahead": model.lookahead, "hop": model.hop,
            "conditional": gen_table, "per_band": band_table, "blend": blend_table,
            "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}

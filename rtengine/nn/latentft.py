@@ -105,6 +105,7 @@ class MLPEncoder(nn.Module):
 # ---------------------------------------------------------------------------
 # latent DFT (eq. 3) and its inverse
 WINDOW = 512
+LOCK_REGIONS = 4        # groups of mel bands whose levels the level lock sets (decode_chunk)
 N_DFT = 2 * WINDOW
 N_BINS = N_DFT // 2 + 1
 
@@ -359,7 +360,7 @@ class LatentFTModel(nn.Module):
     @torch.no_grad()
     def decode_chunk(self, conds, weights, context: torch.Tensor, noise: torch.Tensor,
                      steps: int, scale: float = 1.0, sigma_min: float | None = None,
-                     lock: float = 0.0) -> torch.Tensor:
+                     lock: float = 0.0, lock_regions: int = LOCK_REGIONS) -> torch.Tensor:
         """Sample ``H`` mel frames (scaled) with the Heun sampler.
 
         conds: list of masked latents ``(B, C, P+H)``; weights: one per cond
@@ -367,9 +368,10 @@ class LatentFTModel(nn.Module):
         noise ``(B, n_mels, H)``; ``sigma_min``: the schedule's last noise level
         (default the paper's 0.002; the last Heun step returns the denoiser's
         estimate there); ``lock`` (0..1, models with a mean path): how far each
-        frame's level is moved to the mean path's, combined over the
-        conditions as the derivatives are (:func:`lock_level`; beyond the
-        paper). → ``(B, n_mels, H)``."""
+        frame's level, in each of ``lock_regions`` groups of mel bands, is
+        moved to the mean path's, combined over the conditions as the
+        derivatives are (:func:`lock_level`; beyond the paper).
+        → ``(B, n_mels, H)``."""
         from .edm import SIGMA_MIN, combined_derivative, heun_sample
 
         null = torch.zeros_like(conds[0])
@@ -388,7 +390,7 @@ class LatentFTModel(nn.Module):
             mu = sum(float(w) / total * den.mean(c)[..., P:] for c, w in zip(conds, weights))
             if abs(scale - 1.0) > 1e-6:
                 mu = scale * mu + (1.0 - scale) * den.mean(null)[..., P:]
-            y = lock_level(y, mu, lock)
+            y = lock_level(y, mu, lock, lock_regions)
         return y
 
 
@@ -411,13 +413,26 @@ def level_weights(n_mels: int) -> torch.Tensor:
     return _LEVEL_WEIGHTS[n_mels]
 
 
-def lock_level(y: torch.Tensor, mu: torch.Tensor, amount: float) -> torch.Tensor:
-    """Move each frame of a sampled mel ``y`` ``(B, n_mels, T)`` (scaled) by
-    ``amount`` (0..1) of its level's distance to the level of ``mu``, the
-    decoder's per-frame mean estimate: the sample keeps its shape across mel
-    bands (the diffusion's detail) while its level follows the condition."""
-    d = torch.einsum("m,bmt->bt", level_weights(y.shape[1]).to(y.dtype), mu - y)
-    return y + float(amount) * d[:, None, :]
+def region_levels(n_mels: int, regions: int) -> torch.Tensor:
+    """``(n_mels, n_mels)`` matrix ``R`` such that ``(R @ frame)[m]`` is the
+    level (:func:`level_weights`) of the region of ``regions`` contiguous,
+    equally many mel bands that holds band ``m``."""
+    w = level_weights(n_mels).double()
+    R = torch.zeros(n_mels, n_mels, dtype=torch.float64)
+    edges = np.linspace(0, n_mels, regions + 1).round().astype(int)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        R[lo:hi, lo:hi] = (w[lo:hi] / w[lo:hi].sum())[None, :]
+    return R.float()
+
+
+def lock_level(y: torch.Tensor, mu: torch.Tensor, amount: float, regions: int = 1) -> torch.Tensor:
+    """Move the level of each frame of a sampled mel ``y`` ``(B, n_mels, T)``
+    (scaled), region by region (``regions`` contiguous groups of mel bands),
+    by ``amount`` (0..1) of its distance to the level of ``mu``, the decoder's
+    per-frame mean estimate: within a region the sample keeps its shape (the
+    diffusion's detail) while the region's level follows the condition."""
+    R = region_levels(y.shape[1], regions).to(y.dtype)
+    return y + float(amount) * torch.einsum("nm,bmt->bnt", R, mu - y)
 
 
 def save_weights(model: LatentFTModel, path, extra: dict | None = None) -> None:
@@ -483,7 +498,7 @@ def chunk_conditions(model: LatentFTModel, mel: np.ndarray, masks: torch.Tensor,
 def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8,
                     scale: float = 1.0, seed: int = 0, variation: int = 0,
                     sigma_min: float | None = None, operator: str = "stream",
-                    lock: float = 0.0) -> torch.Tensor:
+                    lock: float = 0.0, lock_regions: int = LOCK_REGIONS) -> torch.Tensor:
     """Offline run of the live stage, batched over mask variants.
 
     sources: list of ``(log_mel (n_mels, T_s) array, masks (B, W+1) tensor,
@@ -496,8 +511,8 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
     ``operator="offline"`` conditions every chunk on the same frames of the
     whole stream masked at once (two-sided, eq. 3 over the whole sequence,
     as the paper's experiments), instead of the live one-sided window: the
-    exact band selection, for offline rendering and evaluation. ``lock``:
-    see :meth:`LatentFTModel.decode_chunk`."""
+    exact band selection, for offline rendering and evaluation. ``lock``,
+    ``lock_regions``: see :meth:`LatentFTModel.decode_chunk`."""
     if operator not in ("stream", "offline"):
         raise ValueError(f"operator must be 'stream' or 'offline', got {operator!r}")
     H, D, P = model.hop, model.lookahead, model.context
@@ -513,7 +528,8 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
     for j in range(n_chunks):
         g = torch.Generator().manual_seed(chunk_seed(seed, variation, j))
         noise = torch.randn(1, n_mels, H, generator=g).expand(B, -1, -1).contiguous()
-        y = model.decode_chunk([c[j] for c in conds], weights, context, noise, steps, scale, sigma_min, lock)
+        y = model.decode_chunk([c[j] for c in conds], weights, context, noise, steps, scale, sigma_min, lock,
+                                lock_regions)
         y = y.clamp(-1.5, 1.2)
         context = y[..., -P:]
         outs.append(y)
