@@ -172,7 +172,7 @@ def test_stage_equals_offline_stream_and_block_size_does_not_matter(tiny_weights
     np.testing.assert_allclose(outs[0][:, st_lat:], ref, atol=1e-4)
 
 
-def test_stage_takes_sigma_min_from_the_model_card_unless_the_patch_sets_it(tiny_weights, tmp_path):
+def test_stage_takes_sigma_min_steps_and_lock_from_the_model_card_unless_the_patch_sets_them(tiny_weights, tmp_path):
     import shutil
 
     from rtengine.errors import UserError
@@ -182,9 +182,11 @@ def test_stage_takes_sigma_min_from_the_model_card_unless_the_patch_sets_it(tiny
     folder = tmp_path / "m"
     folder.mkdir()
     shutil.copy(tiny_weights, folder / "weights.pt")
-    assert LatentFTStage("latentft", cfg, {"model": str(folder)}).sigma_min == 0.002   # no card
-    (folder / "card.yaml").write_text("inference:\n  sigma_min: 1.5\n")
-    assert LatentFTStage("latentft", cfg, {"model": str(folder)}).sigma_min == 1.5
+    bare = LatentFTStage("latentft", cfg, {"model": str(folder)})      # no card
+    assert bare.sigma_min == 0.002 and bare.params["steps"].get() == 8 and bare.params["lock"].get() == 0
+    (folder / "card.yaml").write_text("inference:\n  sigma_min: 1.5\n  steps: 4\n  level_lock: 0.75\n")
+    carded = LatentFTStage("latentft", cfg, {"model": str(folder)})
+    assert carded.sigma_min == 1.5 and carded.params["steps"].get() == 4 and carded.params["lock"].get() == 0.75
     assert LatentFTStage("latentft", cfg, {"model": str(folder), "sigma_min": 0.3}).sigma_min == 0.3
     with pytest.raises(UserError, match="sigma_min"):
         LatentFTStage("latentft", cfg, {"model": str(folder), "sigma_min": 0})

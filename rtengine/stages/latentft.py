@@ -78,6 +78,12 @@ class LatentFTStage(Stage):
 
     def __init__(self, name, cfg, options=None, seed=0):
         super().__init__(name, cfg, options, seed)
+        self.model_name = str(self.options.get("model", DEFAULT_MODEL))
+        # the model's geometry is needed for the latency before prepare, and
+        # its card's inference section gives the defaults it was evaluated with
+        self._weights = find_model(self.model_name)
+        from ..neural_vocoder import inference_defaults
+        card = inference_defaults(self._weights.parent)
         g = dict(lo=0.0, hi=2.0, default=1.0, smoothing=0.05, size=self.n_gain)
         self.add_param(Param("gain", **g, description="latent band gains of the source "
                                                       "(0 remove, 1 keep, >1 boost), low to high"))
@@ -85,8 +91,8 @@ class LatentFTStage(Stage):
                              description="band count: 2, 4 or 8 (gain[0..n-1] are used)"))
         self.add_param(Param("guidance", 0.0, 4.0, 1.0, smoothing=0.05,
                              description="classifier-free guidance scale s (1 = none)"))
-        self.add_param(Param("steps", 1.0, 16.0, 8.0, smoothing=0.0,
-                             description="Heun steps per chunk"))
+        self.add_param(Param("steps", 1.0, 16.0, float(card.get("steps", 8)), smoothing=0.0,
+                             description="Heun steps per chunk (default: the model card's)"))
         self.add_param(Param("weight_a", 0.0, 1.0, 1.0, smoothing=0.05,
                              description="blend weight of the main source"))
         self.add_param(Param("weight_b", 0.0, 1.0, 0.0, smoothing=0.05,
@@ -97,13 +103,8 @@ class LatentFTStage(Stage):
                              description="> 0.5: isolate the selected bands (self-blend)"))
         self.add_param(Param("variation", 0.0, 1.0, 0.0, smoothing=0.0,
                              description="trigger: a rise past 0.5 draws new noise"))
-        self.model_name = str(self.options.get("model", DEFAULT_MODEL))
         self.blend_path = self.options.get("blend_source")
         self.model = None
-        # the model's geometry is needed for the latency before prepare
-        self._weights = find_model(self.model_name)
-        from ..neural_vocoder import inference_defaults
-        card = inference_defaults(self._weights.parent)
         self.add_param(Param("lock", 0.0, 1.0, float(card.get("level_lock", 0.0)), smoothing=0.05,
                              description="how far each frame's level follows the decoder's mean "
                                          "estimate (1: the bands' level contour exactly; 0: the "
@@ -264,10 +265,11 @@ class LatentFTStage(Stage):
 
 
 # ---------------------------------------------------------------------------
-def bench_latentft(model: str = DEFAULT_MODEL, steps: int = 8, repeat: int = 5,
+def bench_latentft(model: str = DEFAULT_MODEL, steps: int | None = None, repeat: int = 5,
                    threads: int = 1) -> dict:
     """Decoder compute per chunk against the chunk's duration, and the time
-    from a band-gain change to its effect at the stage output.
+    from a band-gain change to its effect at the stage output. ``steps``:
+    Heun steps per chunk (default: the model card's, the shipped setting).
 
     Returns a dict: per mode (``plain`` s=1, ``guided`` s=2, ``blend`` two
     sources + null), the median chunk wall time (``ms``) and CPU time of this
@@ -286,6 +288,7 @@ def bench_latentft(model: str = DEFAULT_MODEL, steps: int = 8, repeat: int = 5,
     cfg = get_config("22k")
     st = LatentFTStage("latentft", cfg, {"model": model})
     st.prepare(64)
+    steps = int(st.params["steps"].get()) if steps is None else steps     # the card's
     chunk_ms = 1000.0 * st.H / cfg.frame_rate
     res = {"model": model, "steps": steps, "threads": threads, "hop_frames": st.H,
            "lookahead_frames": st.D, "chunk_ms": chunk_ms,
