@@ -295,6 +295,37 @@ def test_locked_chunk_has_the_level_of_the_mean_path_for_one_source_guided_or_bl
             assert torch.allclose(level(d), d, atol=1e-5)
 
 
+def test_level_channels_append_each_regions_level_and_widened_weights_keep_the_decoder():
+    import importlib
+    import sys
+
+    from rtengine.nn.latentft import region_levels
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    trainer = importlib.import_module("train_latentft")
+    widen_inputs = trainer.widen_inputs
+    torch.manual_seed(0)
+    old = LatentFTModel(dict(TINY, mean_hidden=8)).eval()
+    torch.nn.init.normal_(old.denoiser.mean.net[-1].weight)
+    new = LatentFTModel(dict(TINY, mean_hidden=8, level_channels=4)).eval()
+    new.load_state_dict(widen_inputs(old.state_dict(), new.state_dict()))
+    x = torch.randn(2, 80, 30)
+    with torch.no_grad():
+        za, zb = old.encode(x), new.encode(x)
+        C = TINY["latent"]
+        assert zb.shape == (2, C + 4, 30) and torch.equal(zb[:, :C], za)
+        levels = torch.einsum("nm,bmt->bnt", region_levels(80, 4), x)[:, ::20]     # one row per region
+        assert torch.allclose(zb[:, C:], levels, atol=1e-5)
+        P, H = TINY["context"], TINY["hop"]
+        ctx, noise = torch.randn(2, 80, P), torch.randn(2, 80, H)
+        ya = old.decode_chunk([za[..., :P + H]], [1.0], ctx, noise, 3, 1.0, 1.0, 1.0)
+        yb = new.decode_chunk([zb[..., :P + H]], [1.0], ctx, noise, 3, 1.0, 1.0, 1.0)
+        assert torch.allclose(ya, yb, atol=1e-6)     # the new inputs start with zero weights
+    # the trainer's EMA copy leaves the (unsaved) level rows to the model
+    ema = trainer.Trainable(dict(TINY, level_channels=4), 2, 0.999).ema_model()
+    assert ema.encode(x).shape == (2, TINY["latent"] + 4, 30)
+
+
 def test_encoder_skip_starts_as_a_no_op_and_adds_a_per_frame_linear_path():
     torch.manual_seed(0)
     plain = LatentFTModel(dict(TINY))

@@ -130,6 +130,22 @@ def make_batch(model: LatentFTModel, xs: torch.Tensor, mask_gen: TrainingMask, k
     return cond, ctx, torch.cat(tgt, 0)
 
 
+def widen_inputs(old: dict, new: dict) -> dict:
+    """``old`` weights for a model whose layers read more input channels
+    (``level_channels`` appended to the latent): a tensor whose dim 1 grew
+    keeps its weights for the first channels and gets zeros for the new
+    ones, so the widened model computes what the old one did."""
+    out = dict(old)
+    for k, v in old.items():
+        t = new.get(k)
+        if t is not None and v.dim() >= 2 and t.shape != v.shape and t.shape[0] == v.shape[0] \
+                and t.shape[2:] == v.shape[2:] and t.shape[1] > v.shape[1]:
+            w = torch.zeros(t.shape, dtype=v.dtype)
+            w[:, :v.shape[1]] = v
+            out[k] = w
+    return out
+
+
 # ---------------------------------------------------------------------------
 # the task for the shared loop (rtengine.train.loop)
 class StreamDataset(torch.utils.data.Dataset):
@@ -195,7 +211,8 @@ class Trainable(nn.Module):
     def ema_model(self) -> LatentFTModel:
         m = LatentFTModel(self.net.arch)
         sd = {n: getattr(self, "ema_" + n.replace(".", "__")).clone() for n, _ in self.net.named_parameters()}
-        sd.update({n: b for n, b in self.net.named_buffers()})
+        keep = self.net.state_dict().keys()          # persistent buffers only
+        sd.update({n: b for n, b in self.net.named_buffers() if n in keep})
         m.load_state_dict(sd)
         return m.eval()
 
@@ -339,7 +356,8 @@ def main(argv=None) -> int:
     model = Trainable(arch, args.windows, args.ema, args.context_drop, args.context_noise,
                       args.p_mean, args.p_std, args.w_mean, args.band_masks, args.w_level)
     if init is not None:
-        missing, unexpected = model.net.load_state_dict(init["state_dict"], strict=False)
+        sd = widen_inputs(init["state_dict"], model.net.state_dict())
+        missing, unexpected = model.net.load_state_dict(sd, strict=False)
         if unexpected or missing:   # only layers added by --arch may be missing (zero-initialised)
             print(f"init: new {missing}, dropped {unexpected}", flush=True)
         for n, p in model.net.named_parameters():

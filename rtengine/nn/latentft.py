@@ -86,7 +86,7 @@ class MLPEncoder(nn.Module):
     """
 
     def __init__(self, n_mels: int = 80, hidden: int = 128, blocks: int = 3, latent: int = 32,
-                 skip: bool = False):
+                 skip: bool = False, levels: int = 0):
         super().__init__()
         self.inp = nn.Conv1d(n_mels, hidden, 1)
         self.blocks = nn.Sequential(*[FrameResBlock(hidden) for _ in range(blocks)])
@@ -96,10 +96,21 @@ class MLPEncoder(nn.Module):
         if skip:
             self.skip = nn.Conv1d(n_mels, latent, 1, bias=False)
             nn.init.zeros_(self.skip.weight)
+        self.level_rows: torch.Tensor | None = None
+        if levels:
+            # one row per region of region_levels: the region's level, a fixed
+            # linear function of the frame (not learnt, not saved)
+            R = region_levels(n_mels, levels)
+            edges = np.linspace(0, n_mels, levels + 1).round().astype(int)
+            del self.level_rows
+            self.register_buffer("level_rows", R[edges[:-1]].clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.out(self.norm(self.blocks(self.inp(x))))
-        return z if self.skip is None else z + self.skip(x)
+        z = z if self.skip is None else z + self.skip(x)
+        if self.level_rows is None:
+            return z
+        return torch.cat([z, torch.einsum("km,bmt->bkt", self.level_rows.to(x.dtype), x)], dim=1)
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +311,7 @@ def one_sided_operator(z: torch.Tensor, mask: torch.Tensor, lookahead: int, hop:
 DEFAULT_ARCH = {
     "n_mels": 80, "hidden": 128, "enc_blocks": 3, "latent": 32,
     "channels": [48, 64, 96], "dec_blocks": 1, "emb": 96, "in_skip": True, "mean_hidden": 0,
-    "enc_skip": False,
+    "enc_skip": False, "level_channels": 0,
     "hop": 24, "context": 16, "lookahead": 32, "window": WINDOW,
 }
 
@@ -323,12 +334,14 @@ class LatentFTModel(nn.Module):
         if arch is not None and "mean_hidden" not in arch:
             self.arch["mean_hidden"] = 0
         a = self.arch
-        self.encoder = MLPEncoder(a["n_mels"], a["hidden"], a["enc_blocks"], a["latent"], a["enc_skip"])
-        net = ChunkDecoder(a["n_mels"], a["latent"], tuple(a["channels"]), a["dec_blocks"], a["emb"],
+        self.encoder = MLPEncoder(a["n_mels"], a["hidden"], a["enc_blocks"], a["latent"], a["enc_skip"],
+                                  a["level_channels"])
+        c_lat = a["latent"] + a["level_channels"]       # the masked latent the decoder reads
+        net = ChunkDecoder(a["n_mels"], c_lat, tuple(a["channels"]), a["dec_blocks"], a["emb"],
                            a["in_skip"])
         # mean_hidden > 0: the diffusion models the residual around a per-frame
         # mel estimate from the masked latent (edm.MeanPrecond)
-        self.denoiser = (MeanPrecond(net, LatentMean(a["latent"], a["n_mels"], a["mean_hidden"]))
+        self.denoiser = (MeanPrecond(net, LatentMean(c_lat, a["n_mels"], a["mean_hidden"]))
                          if a["mean_hidden"] else EDMPrecond(net))
 
     @property
