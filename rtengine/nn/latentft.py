@@ -16,6 +16,7 @@ Conventions (the 22k family; see ``docs/latentft.md``):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -407,29 +408,27 @@ class LatentFTModel(nn.Module):
         return y
 
 
-_LEVEL_WEIGHTS: dict[int, torch.Tensor] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def level_weights(n_mels: int) -> torch.Tensor:
     """Weights ``(n_mels,)`` summing to 1 that turn a (scaled) log-mel frame
     into its level: each mel band counts by its width in STFT bins (the 22k
     config), as a loudness averaged in dB over STFT bins counts it. Uniform
-    for another band count."""
-    if n_mels not in _LEVEL_WEIGHTS:
-        from ..config import get_config
-        from ..dsp.mel import mel_filterbank
+    for another band count. (Cached: callers must not modify it.)"""
+    from ..config import get_config
+    from ..dsp.mel import mel_filterbank
 
-        cfg = get_config("22k")
-        width = ((mel_filterbank(cfg) > 0).sum(axis=1).astype(np.float64) if cfg.n_mels == n_mels
-                 else np.ones(n_mels))
-        _LEVEL_WEIGHTS[n_mels] = torch.from_numpy(width / width.sum()).float()
-    return _LEVEL_WEIGHTS[n_mels]
+    cfg = get_config("22k")
+    width = ((mel_filterbank(cfg) > 0).sum(axis=1).astype(np.float64) if cfg.n_mels == n_mels
+             else np.ones(n_mels))
+    return torch.from_numpy(width / width.sum()).float()
 
 
+@functools.lru_cache(maxsize=None)
 def region_levels(n_mels: int, regions: int) -> torch.Tensor:
     """``(n_mels, n_mels)`` matrix ``R`` such that ``(R @ frame)[m]`` is the
     level (:func:`level_weights`) of the region of ``regions`` contiguous,
-    equally many mel bands that holds band ``m``."""
+    equally many mel bands that holds band ``m``. (Cached: callers must not
+    modify it.)"""
     w = level_weights(n_mels).double()
     R = torch.zeros(n_mels, n_mels, dtype=torch.float64)
     edges = np.linspace(0, n_mels, regions + 1).round().astype(int)
