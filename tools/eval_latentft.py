@@ -52,7 +52,7 @@ from rtengine.data.manifest import atomic_write_text  # noqa: E402
 from rtengine.io import read_audio  # noqa: E402
 from rtengine.metrics import frechet_distance, loudness_correlation, rhythm_similarity  # noqa: E402
 from rtengine.nn.latentft import (LOCK_REGIONS, LOG_MEL_MIN, apply_latent_mask, band_edges_hz,  # noqa: E402
-                                  band_mask, load_model, one_sided_chunk, one_sided_operator, scale_mel,
+                                  band_mask, load_model, one_sided_operator, scale_mel,
                                   stream_generate, unscale_mel)
 
 PARTITIONS = (2, 4, 8)
@@ -86,11 +86,8 @@ def one_sided_mel(mel: np.ndarray, masks: torch.Tensor, lookahead: int, hop: int
     T = mel.shape[1]
     y = torch.from_numpy(scale_mel(mel).astype(np.float32))
     pad = torch.full((y.shape[0],), float(scale_mel(LOG_MEL_MIN)))
-    stream = torch.cat([pad[:, None].expand(-1, window), y, pad[:, None].expand(-1, lookahead + hop)], dim=1)
-    B = masks.shape[0]
-    chunks = [one_sided_chunk(stream[None, :, end - window:end].expand(B, -1, -1), masks, lookahead, hop)
-              for end in range(window + hop, stream.shape[1] + 1, hop)]
-    return torch.cat(chunks, dim=-1)[..., lookahead:lookahead + T]
+    stream = torch.cat([y, pad[:, None].expand(-1, lookahead + hop)], dim=1)    # silence after it
+    return one_sided_operator(stream, masks, lookahead, hop, pad, window)[..., lookahead:lookahead + T]
 
 
 def spectrogram_baseline_live(mel: np.ndarray, masks: torch.Tensor, lookahead: int, hop: int,

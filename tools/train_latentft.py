@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rtengine.config import get_config  # noqa: E402
 from rtengine.nn.edm import edm_loss  # noqa: E402
 from rtengine.nn.latentft import (LOG_MEL_MIN, LatentFTModel, TrainingMask,  # noqa: E402
-                                  apply_latent_mask, band_training_mask, save_weights, scale_mel)
+                                  apply_latent_mask, band_training_mask, level_weights, save_weights,
+                                  scale_mel)
 
 
 # ---------------------------------------------------------------------------
@@ -192,12 +193,8 @@ class Trainable(nn.Module):
             # a linear read-out of each frame's level from the latent (trained
             # with it, not exported); the level: the scaled log-mel's mean over
             # mel bands weighted by their width in STFT bins, as the loudness
-            # metrics average over STFT bins
-            from rtengine.dsp.mel import mel_filterbank
-
-            fb = mel_filterbank(get_config("22k"))
-            width = (fb > 0).sum(axis=1).astype(np.float64)
-            self.register_buffer("level_w", torch.from_numpy(width / width.sum()).float())
+            # metrics average over STFT bins (the level lock's level)
+            self.register_buffer("level_w", level_weights(self.net.arch["n_mels"]).clone())
             self.level_probe = nn.Linear(self.net.arch["latent"], 1)
 
     @torch.no_grad()

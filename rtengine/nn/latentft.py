@@ -97,14 +97,11 @@ class MLPEncoder(nn.Module):
         if skip:
             self.skip = nn.Conv1d(n_mels, latent, 1, bias=False)
             nn.init.zeros_(self.skip.weight)
-        self.level_rows: torch.Tensor | None = None
-        if levels:
-            # one row per region of region_levels: the region's level, a fixed
-            # linear function of the frame (not learnt, not saved)
-            R = region_levels(n_mels, levels)
-            edges = np.linspace(0, n_mels, levels + 1).round().astype(int)
-            del self.level_rows
-            self.register_buffer("level_rows", R[edges[:-1]].clone(), persistent=False)
+        # levels > 0: one row per region of region_levels, the region's level,
+        # a fixed linear function of the frame (not learnt, not saved)
+        edges = np.linspace(0, n_mels, levels + 1).round().astype(int)
+        self.register_buffer("level_rows", region_levels(n_mels, levels)[edges[:-1]] if levels else None,
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.out(self.norm(self.blocks(self.inp(x))))
@@ -294,17 +291,17 @@ def one_sided_operator(z: torch.Tensor, mask: torch.Tensor, lookahead: int, hop:
 
     z: ``(C, T)`` latent of a stream; ``pad``: ``(C,)`` latent that fills the
     window before the stream starts (the encoder's output for silence);
-    mask ``(N/2+1,)``. For every chunk ``j`` (the window ends at frame
-    ``(j+1)·H``) the window is masked and frames ``[W-D-H, W-D)`` kept.
-    Returns ``(C, n_chunks·H)`` whose frame ``i`` is the masked latent of
-    stream frame ``i - D`` (frames before 0 are the pad)."""
+    mask ``(N/2+1,)``, or ``(B, N/2+1)`` for B masks at once. For every
+    chunk ``j`` (the window ends at frame ``(j+1)·H``) the window is masked
+    and frames ``[W-D-H, W-D)`` kept. Returns ``(C, n_chunks·H)`` (``(B, C,
+    n_chunks·H)`` for batched masks) whose frame ``i`` is the masked latent
+    of stream frame ``i - D`` (frames before 0 are the pad)."""
     C, T = z.shape
     full = torch.cat([pad[:, None].expand(C, window), z], dim=1)
-    outs = []
-    for j in range(T // hop):
-        end = window + (j + 1) * hop
-        outs.append(one_sided_chunk(full[None, :, end - window:end], mask, lookahead, hop)[0])
-    return torch.cat(outs, dim=1) if outs else z.new_zeros(C, 0)
+    outs = [one_sided_chunk(full[None, :, end - window:end], mask, lookahead, hop)
+            for end in range(window + hop, window + T + 1, hop)]
+    out = torch.cat(outs, dim=-1) if outs else z.new_zeros(mask.shape[0] if mask.dim() > 1 else 1, C, 0)
+    return out[0] if mask.dim() == 1 else out
 
 
 # ---------------------------------------------------------------------------
