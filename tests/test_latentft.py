@@ -184,9 +184,12 @@ def test_stage_takes_sigma_min_steps_and_lock_from_the_model_card_unless_the_pat
     shutil.copy(tiny_weights, folder / "weights.pt")
     bare = LatentFTStage("latentft", cfg, {"model": str(folder)})      # no card
     assert bare.sigma_min == 0.002 and bare.params["steps"].get() == 8 and bare.params["lock"].get() == 0
-    (folder / "card.yaml").write_text("inference:\n  sigma_min: 1.5\n  steps: 4\n  level_lock: 0.75\n")
+    (folder / "card.yaml").write_text("inference:\n  sigma_min: 1.5\n  steps: 4\n  level_lock: 0.75\n"
+                                      "  lock_latent: 0.5\n")
     carded = LatentFTStage("latentft", cfg, {"model": str(folder)})
     assert carded.sigma_min == 1.5 and carded.params["steps"].get() == 4 and carded.params["lock"].get() == 0.75
+    # a latent without level channels has none to lock to, whatever the card says
+    assert carded.params["lock_latent"].get() == 0
     assert LatentFTStage("latentft", cfg, {"model": str(folder), "sigma_min": 0.3}).sigma_min == 0.3
     with pytest.raises(UserError, match="sigma_min"):
         LatentFTStage("latentft", cfg, {"model": str(folder), "sigma_min": 0})
@@ -275,7 +278,7 @@ def test_locked_chunk_has_the_level_of_the_mean_path_for_one_source_guided_or_bl
     from rtengine.nn.latentft import LOCK_REGIONS, load_model, region_levels
 
     model = load_model(SHIPPED)
-    P, H, C = model.context, model.hop, model.arch["latent"]
+    P, H, C = model.context, model.hop, model.arch["latent"] + model.arch["level_channels"]
     g = torch.Generator().manual_seed(1)
     ca, cb = torch.randn(1, C, P + H, generator=g), torch.randn(1, C, P + H, generator=g)
     ctx, noise = torch.full((1, 80, P), -0.3), torch.randn(1, 80, H, generator=g)
@@ -293,6 +296,35 @@ def test_locked_chunk_has_the_level_of_the_mean_path_for_one_source_guided_or_bl
             assert (level(free) - level(mu)).abs().max() > 1e-2       # the lock did something
             d = locked - free                          # and only the regions' levels moved
             assert torch.allclose(level(d), d, atol=1e-5)
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="models/latentft-22k not shipped")
+def test_lock_latent_mixes_the_mean_paths_level_with_the_level_the_masked_latent_carries():
+    from rtengine.nn.latentft import LOCK_REGIONS, load_model, region_levels
+
+    model = load_model(SHIPPED)
+    assert model.arch["level_channels"] == LOCK_REGIONS      # the shipped latent carries them
+    P, H, C = model.context, model.hop, model.arch["latent"] + LOCK_REGIONS
+    g = torch.Generator().manual_seed(2)
+    ca, cb = torch.randn(1, C, P + H, generator=g), torch.randn(1, C, P + H, generator=g)
+    ctx, noise = torch.full((1, 80, P), -0.3), torch.randn(1, 80, H, generator=g)
+    R = region_levels(80, LOCK_REGIONS)
+    level = lambda v: torch.einsum("nm,bmt->bnt", R, v)[:, ::20]             # noqa: E731  one row per group
+    mean = lambda c: level(model.denoiser.mean(c)[..., P:])                 # noqa: E731
+    carried = lambda c: c[:, -LOCK_REGIONS:, P:]                            # noqa: E731
+    with torch.no_grad():
+        for conds, weights in (([ca], [1.0]), ([ca, cb], [0.6, 0.2])):
+            mu = sum(w / sum(weights) * mean(c) for c, w in zip(conds, weights))
+            lat = sum(w / sum(weights) * carried(c) for c, w in zip(conds, weights))
+            for share in (1.0, 0.5):
+                y = model.decode_chunk(conds, weights, ctx, noise, 4, 1.0, 2.0, lock=1.0, lock_latent=share)
+                assert torch.allclose(level(y), share * lat + (1 - share) * mu, atol=1e-4)
+            assert (lat - mu).abs().max() > 1e-2          # the two targets differ
+    tiny = LatentFTModel(dict(TINY, mean_hidden=8))      # a mean path, no level channels
+    c = torch.zeros(1, TINY["latent"], TINY["context"] + TINY["hop"])
+    with pytest.raises(ValueError, match="level channels"):
+        tiny.decode_chunk([c], [1.0], torch.zeros(1, 80, TINY["context"]), torch.zeros(1, 80, TINY["hop"]),
+                          2, lock=1.0, lock_latent=0.5)
 
 
 def test_level_channels_append_each_regions_level_and_widened_weights_keep_the_decoder():

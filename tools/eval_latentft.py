@@ -17,6 +17,12 @@
    D, chunks of H), the like-for-like comparison for the streamed figures.
    ``--vocoder`` picks the vocoder of all outputs: PGHI (default) or a PG
    vocoder network (``pgvoc-22k``), as the paper vocodes with one (BigVGAN).
+   ``--embed``: every method gets the same stream, the clip between the
+   split's two clips after it (as on stage, where the stream goes on: the
+   ring full of music and the look-ahead too), scored on the clip's span;
+   by default each clip is a stream of its own between silences (the live
+   methods start cold and see the stream end, which the offline baseline
+   does not suffer the same way).
    Quality (the paper's FAD, here on log-mel frames): the Fréchet distance
    between the scaled log-mel frames of the vocoded outputs and those of the
    input clips (``mel_fd``, lower is better).
@@ -94,6 +100,13 @@ def spectrogram_baseline_live(mel: np.ndarray, masks: torch.Tensor, lookahead: i
                               window: int) -> np.ndarray:
     """:func:`one_sided_mel` as log-mel ``(B, n_mels, T)``."""
     return np.maximum(unscale_mel(one_sided_mel(mel, masks, lookahead, hop, window).numpy()), LOG_MEL_MIN)
+
+
+def embed(mel: np.ndarray, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, int]:
+    """The stream a clip is heard in: ``before`` + clip + ``after`` (log-mels
+    ``(n_mels, T)``; empty ones for a clip alone) → (stream, frame where the
+    clip starts)."""
+    return np.concatenate([before, mel, after], axis=1), before.shape[1]
 
 
 def make_vocoder(name: str, cfg):
@@ -188,8 +201,14 @@ def main(argv=None) -> int:
     ap.add_argument("--lock", type=float, default=0.0,
                     help="level lock of LatentFT's outputs, 0..1 (the stage's lock: each frame's level "
                          "moved that far to the decoder's mean estimate; 0: off)")
+    ap.add_argument("--lock-latent", type=float, default=0.0,
+                    help="share of the lock's target read from the latent's level channels instead of the "
+                         "mean path (the stage's lock_latent; models with level channels)")
     ap.add_argument("--lock-regions", type=int, default=LOCK_REGIONS,
                     help="groups of mel bands whose levels the lock sets (default %(default)s, the stage's)")
+    ap.add_argument("--embed", action="store_true",
+                    help="stream each clip between the split's two clips after it, for every method (as on "
+                         "stage mid-performance), instead of between silences (a cold start and a stream end)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the results here")
@@ -204,9 +223,16 @@ def main(argv=None) -> int:
     if not rows:
         raise SystemExit(f"{manifest}: no clips in split {args.split!r}")
     pick = np.linspace(0, len(rows) - 1, min(args.clips, len(rows))).astype(int)
-    rows = [rows[i] for i in pick]
+    split_rows, rows = rows, [rows[i] for i in pick]
     audio = [read_audio(manifest.parent / r["path"], sr) for r in rows]
     mels = [log_mel(x, cfg) for x in audio]
+
+    def neighbour(i: int, k: int) -> np.ndarray:
+        """Log-mel of the split's k-th clip after clip i, or nothing without --embed."""
+        if not args.embed:
+            return mels[0][:, :0]
+        return log_mel(read_audio(manifest.parent / split_rows[(i + k) % len(split_rows)]["path"], sr), cfg)
+    around = [(neighbour(i, 1), neighbour(i, 2)) for i in pick]
     conds = conditions()
     vocode = make_vocoder(args.vocoder, cfg)
     t0 = time.time()
@@ -221,11 +247,13 @@ def main(argv=None) -> int:
     frames = {name: [] for name in names}     # log-mel frames of the outputs, for mel_fd
     for ci, (x, mel) in enumerate(zip(audio, mels)):
         T = mel.shape[1]
-        gen = stream_generate(model, [(mel, masks, 1.0)], T, args.steps, args.guidance,
+        stream, t0_clip = embed(mel, *around[ci])
+        clip = slice(t0_clip, t0_clip + T)
+        gen = stream_generate(model, [(stream, masks, 1.0)], stream.shape[1], args.steps, args.guidance,
                               seed=args.seed + ci, sigma_min=args.sigma_min, operator=args.operator,
-                              lock=args.lock, lock_regions=args.lock_regions).numpy()
-        base = spectrogram_baseline(mel, lambda n: np.stack([band_mask(nb, [b], n) for nb, b, _ in conds]))
-        live = spectrogram_baseline_live(mel, bin_masks, model.lookahead, model.hop, W)
+                              lock=args.lock, lock_regions=args.lock_regions, lock_latent=args.lock_latent).numpy()[..., clip]
+        base = spectrogram_baseline(stream, lambda n: np.stack([band_mask(nb, [b], n) for nb, b, _ in conds]))[..., clip]
+        live = spectrogram_baseline_live(stream, bin_masks, model.lookahead, model.hop, W)[..., clip]
         for k, (n, b, hz) in enumerate(conds):
             for name, m in zip(names, (gen[k], base[k], live[k])):
                 y = vocode(m.astype(np.float32), len(x))
@@ -264,19 +292,25 @@ def main(argv=None) -> int:
         ia, ib = 2 * p, 2 * p + 1
         xa, xb, ma, mb = audio[ia], audio[ib], mels[ia], mels[ib]
         T = min(ma.shape[1], mb.shape[1])
-        g = stream_generate(model, [(ma, lo_m, 0.5), (mb, hi_m, 0.5)], T, args.steps, args.blend_guidance,
-                            seed=args.seed + 100 + p, sigma_min=args.sigma_min,
+        # both streams cut to the same length before and after the clips, so they stay aligned
+        pre = min(around[ia][0].shape[1], around[ib][0].shape[1])
+        post = min(around[ia][1].shape[1], around[ib][1].shape[1])
+        sa, t0_clip = embed(ma[:, :T], around[ia][0][:, around[ia][0].shape[1] - pre:], around[ia][1][:, :post])
+        sb_, _ = embed(mb[:, :T], around[ib][0][:, around[ib][0].shape[1] - pre:], around[ib][1][:, :post])
+        clip = slice(t0_clip, t0_clip + T)
+        g = stream_generate(model, [(sa, lo_m, 0.5), (sb_, hi_m, 0.5)], sa.shape[1], args.steps,
+                            args.blend_guidance, seed=args.seed + 100 + p, sigma_min=args.sigma_min,
                             operator=args.operator, lock=args.lock,
-                            lock_regions=args.lock_regions).numpy()[0]
-        n = int(2 ** np.ceil(np.log2(2 * T)))
-        ya = torch.from_numpy(scale_mel(ma[:, :T]).astype(np.float32))[None]
-        yb = torch.from_numpy(scale_mel(mb[:, :T]).astype(np.float32))[None]
+                            lock_regions=args.lock_regions, lock_latent=args.lock_latent).numpy()[0][..., clip]
+        n = int(2 ** np.ceil(np.log2(2 * sa.shape[1])))
+        ya = torch.from_numpy(scale_mel(sa).astype(np.float32))[None]
+        yb = torch.from_numpy(scale_mel(sb_).astype(np.float32))[None]
         sb = apply_latent_mask(ya, torch.from_numpy(band_mask(2, [0], n)), n) + \
             apply_latent_mask(yb, torch.from_numpy(band_mask(2, [1], n)), n)
-        sb = np.maximum(unscale_mel(sb[0].numpy()), LOG_MEL_MIN)
+        sb = np.maximum(unscale_mel(sb[0].numpy()), LOG_MEL_MIN)[..., clip]
         # live: each source through the one-sided operator, summed in the scaled domain
-        sl = sum(one_sided_mel(m[:, :T], mk, model.lookahead, model.hop, W)[0] for m, mk in ((ma, lo_m), (mb, hi_m)))
-        sl = np.maximum(unscale_mel(sl.numpy()), LOG_MEL_MIN)
+        sl = sum(one_sided_mel(m, mk, model.lookahead, model.hop, W)[0] for m, mk in ((sa, lo_m), (sb_, hi_m)))
+        sl = np.maximum(unscale_mel(sl.numpy()), LOG_MEL_MIN)[..., clip]
         L = min(len(xa), len(xb))
         for name, m in zip(names, (g, sb, sl)):
             y = vocode(m.astype(np.float32), L)
@@ -298,7 +332,7 @@ def main(argv=None) -> int:
     import shlex
     cmd = "python tools/eval_latentft.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     res = {"command": cmd, "model": str(args.model), "split": args.split, "clips": [r["id"] for r in rows], "steps": args.steps,
-           "guidance": args.guidance, "band_gain": args.band_gain, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "lock": args.lock, "lock_regions": args.lock_regions, "operator": args.operator,
+           "guidance": args.guidance, "band_gain": args.band_gain, "blend_guidance": args.blend_guidance, "sigma_min": args.sigma_min, "lock": args.lock, "lock_regions": args.lock_regions, "lock_latent": args.lock_latent, "operator": args.operator, "embed": args.embed,
            "vocoder": args.vocoder, "lookahead": model.lookahead, "hop": model.hop,
            "conditional": gen_table, "per_band": band_table, "blend": blend_table,
            "blend_pairs": n_pairs, "operator_vs_lookahead": op, "seconds": time.time() - t0}

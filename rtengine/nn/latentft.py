@@ -371,7 +371,8 @@ class LatentFTModel(nn.Module):
     @torch.no_grad()
     def decode_chunk(self, conds, weights, context: torch.Tensor, noise: torch.Tensor,
                      steps: int, scale: float = 1.0, sigma_min: float | None = None,
-                     lock: float = 0.0, lock_regions: int = LOCK_REGIONS) -> torch.Tensor:
+                     lock: float = 0.0, lock_regions: int = LOCK_REGIONS,
+                     lock_latent: float = 0.0) -> torch.Tensor:
         """Sample ``H`` mel frames (scaled) with the Heun sampler.
 
         conds: list of masked latents ``(B, C, P+H)``; weights: one per cond
@@ -381,7 +382,11 @@ class LatentFTModel(nn.Module):
         estimate there); ``lock`` (0..1, models with a mean path): how far each
         frame's level, in each of ``lock_regions`` groups of mel bands, is
         moved to the mean path's, combined over the conditions as the
-        derivatives are (:func:`lock_level`; beyond the paper).
+        derivatives are (:func:`lock_level`; beyond the paper);
+        ``lock_latent`` (0..1, models whose latent carries ``lock_regions``
+        level channels): the share of that target taken instead from the
+        conditions' level channels (:func:`latent_levels`: the groups' levels,
+        band-filtered by the mask exactly and linearly).
         → ``(B, n_mels, H)``."""
         from .edm import SIGMA_MIN, combined_derivative, heun_sample
 
@@ -401,6 +406,14 @@ class LatentFTModel(nn.Module):
             mu = sum(float(w) / total * den.mean(c)[..., P:] for c, w in zip(conds, weights))
             if abs(scale - 1.0) > 1e-6:
                 mu = scale * mu + (1.0 - scale) * den.mean(null)[..., P:]
+            if lock_latent > 0:
+                if self.arch["level_channels"] != lock_regions:
+                    raise ValueError(f"lock_latent needs a latent with {lock_regions} level channels; "
+                                     f"this model's has {self.arch['level_channels']}")
+                # lock_level reads mu through region_levels, which leaves a
+                # frame of group levels as it is: so this mixes the two targets
+                mu = ((1.0 - lock_latent) * mu
+                      + lock_latent * latent_levels(conds, weights, P, lock_regions, y.shape[1]))
             y = lock_level(y, mu, lock, lock_regions)
         return y
 
@@ -432,6 +445,20 @@ def region_levels(n_mels: int, regions: int) -> torch.Tensor:
     for lo, hi in zip(edges[:-1], edges[1:]):
         R[lo:hi, lo:hi] = (w[lo:hi] / w[lo:hi].sum())[None, :]
     return R.float()
+
+
+def latent_levels(conds, weights, context: int, regions: int, n_mels: int) -> torch.Tensor:
+    """Each band's target level read from the masked latents' level channels
+    (the encoder's last ``regions`` channels, one per group of
+    :func:`region_levels`), the conditions weighted as the derivatives are
+    (normalised; guidance does not extrapolate a level). conds: masked
+    latents ``(B, C, P+H)`` → ``(B, n_mels, H)``, each band holding its
+    group's level."""
+    total = max(sum(float(w) for w in weights), 1e-8)
+    lev = sum(float(w) / total * c[:, -regions:, context:] for c, w in zip(conds, weights))
+    edges = np.linspace(0, n_mels, regions + 1).round().astype(int)
+    group = torch.from_numpy(np.repeat(np.arange(regions), np.diff(edges)))
+    return lev[:, group, :]
 
 
 def lock_level(y: torch.Tensor, mu: torch.Tensor, amount: float, regions: int = 1) -> torch.Tensor:
@@ -507,7 +534,8 @@ def chunk_conditions(model: LatentFTModel, mel: np.ndarray, masks: torch.Tensor,
 def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8,
                     scale: float = 1.0, seed: int = 0, variation: int = 0,
                     sigma_min: float | None = None, operator: str = "stream",
-                    lock: float = 0.0, lock_regions: int = LOCK_REGIONS) -> torch.Tensor:
+                    lock: float = 0.0, lock_regions: int = LOCK_REGIONS,
+                    lock_latent: float = 0.0) -> torch.Tensor:
     """Offline run of the live stage, batched over mask variants.
 
     sources: list of ``(log_mel (n_mels, T_s) array, masks (B, W+1) tensor,
@@ -521,7 +549,7 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
     whole stream masked at once (two-sided, eq. 3 over the whole sequence,
     as the paper's experiments), instead of the live one-sided window: the
     exact band selection, for offline rendering and evaluation. ``lock``,
-    ``lock_regions``: see :meth:`LatentFTModel.decode_chunk`."""
+    ``lock_regions``, ``lock_latent``: see :meth:`LatentFTModel.decode_chunk`."""
     if operator not in ("stream", "offline"):
         raise ValueError(f"operator must be 'stream' or 'offline', got {operator!r}")
     H, D, P = model.hop, model.lookahead, model.context
@@ -538,7 +566,7 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
         g = torch.Generator().manual_seed(chunk_seed(seed, variation, j))
         noise = torch.randn(1, n_mels, H, generator=g).expand(B, -1, -1).contiguous()
         y = model.decode_chunk([c[j] for c in conds], weights, context, noise, steps, scale, sigma_min, lock,
-                                lock_regions)
+                                lock_regions, lock_latent)
         y = y.clamp(-1.5, 1.2)
         context = y[..., -P:]
         outs.append(y)

@@ -109,11 +109,20 @@ class LatentFTStage(Stage):
                              description="how far each frame's level follows the decoder's mean "
                                          "estimate (1: the bands' level contour exactly; 0: the "
                                          "diffusion's own; default: the model card's)"))
+        import torch
+        arch = torch.load(self._weights, map_location="cpu", weights_only=True)["arch"]
+        from ..nn.latentft import LOCK_REGIONS
+        # the lock can read its level from the latent only if it carries one per group
+        self._level_channels = int(arch.get("level_channels", 0)) == LOCK_REGIONS
+        self.add_param(Param("lock_latent", 0.0, 1.0,
+                             float(card.get("lock_latent", 0.0)) if self._level_channels else 0.0,
+                             smoothing=0.05,
+                             description="share of the lock's level read from the latent's level "
+                                         "channels, filtered by the bands exactly, instead of the mean "
+                                         "estimate (models with level channels; default: the card's)"))
         self.sigma_min = float(self.options.get("sigma_min", card.get("sigma_min", 0.002)))
         if not 0 < self.sigma_min < 80:
             raise UserError(f"latentft: sigma_min must be in (0, 80), got {self.sigma_min:g}")
-        import torch
-        arch = torch.load(self._weights, map_location="cpu", weights_only=True)["arch"]
         self.H, self.D, self.P, self.W = arch["hop"], arch["lookahead"], arch["context"], arch["window"]
         self.latency_samples = (self.D + self.H) * cfg.hop
         if cfg.n_mels != arch["n_mels"]:
@@ -155,7 +164,7 @@ class LatentFTStage(Stage):
         for _ in range(2):
             t0 = time.perf_counter()
             self._run_chunk(np.zeros(self.n_gain) + 1, 8, 2.0, 8, 1.0, 1.0, np.ones(self.n_gain), 0.0,
-                            1.0, warm=True)
+                            1.0, self.params["lock_latent"].get(), warm=True)
         self.burst_ms = 1000.0 * (time.perf_counter() - t0)
         self.reset()
 
@@ -198,7 +207,8 @@ class LatentFTStage(Stage):
         mask = torch.from_numpy(gains_to_mask(gains[:n_bands], n_bands, 2 * self.W))
         return one_sided_chunk(torch.from_numpy(ring)[None], mask, self.D, self.H, self.P)
 
-    def _run_chunk(self, gains, n_bands, guidance, steps, wa, wb, gains_b, isolate, lock=0.0, warm=False):
+    def _run_chunk(self, gains, n_bands, guidance, steps, wa, wb, gains_b, isolate, lock=0.0, lock_latent=0.0,
+                   warm=False):
         import torch
 
         from ..nn.latentft import chunk_seed, unscale_mel
@@ -222,7 +232,8 @@ class LatentFTStage(Stage):
         noise = torch.randn(1, self.cfg.n_mels, self.H, generator=g)
         ctx = torch.from_numpy(self._context)[None]
         y = self.model.decode_chunk(conds, weights, ctx, noise, int(steps), float(guidance),
-                                    self.sigma_min, float(lock))[0]
+                                    self.sigma_min, float(lock),
+                                    lock_latent=float(lock_latent) if self._level_channels else 0.0)[0]
         y = y.clamp(-1.5, 1.2).numpy()
         if warm:
             return
@@ -244,6 +255,7 @@ class LatentFTStage(Stage):
         iso = pr["isolate"].frames(k)[:, 0]
         var = pr["variation"].frames(k)[:, 0]
         lock = pr["lock"].frames(k)[:, 0]
+        lock_latent = pr["lock_latent"].frames(k)[:, 0]
         out = np.empty((self.cfg.n_mels, k), np.float32)
         x = np.asarray(x, np.float32)
         for i in range(k):
@@ -257,7 +269,7 @@ class LatentFTStage(Stage):
                 self._pos = 0
                 self._last_gains = gain[i].copy()
                 self._run_chunk(self._last_gains, _band_count(bands[i]), guid[i], round(steps[i]),
-                                wa[i], wb[i], gain_b[i].copy(), iso[i], lock[i])
+                                wa[i], wb[i], gain_b[i].copy(), iso[i], lock[i], lock_latent[i])
         return out
 
     def describe(self):
@@ -300,7 +312,8 @@ def bench_latentft(model: str = DEFAULT_MODEL, steps: int | None = None, repeat:
         times, cpu = [], []
         for _ in range(repeat):
             t, c = time.perf_counter(), time.process_time()
-            st._run_chunk(np.ones(8), 8, s, steps, 1.0, 1.0 if blend else 0.0, np.ones(8), 0.0, 1.0)
+            st._run_chunk(np.ones(8), 8, s, steps, 1.0, 1.0 if blend else 0.0, np.ones(8), 0.0, 1.0,
+                          st.params["lock_latent"].get())
             times.append(1000.0 * (time.perf_counter() - t))
             cpu.append(1000.0 * (time.process_time() - c))
         st._blend_mel = None
