@@ -560,6 +560,27 @@ def test_live_spectrogram_baseline_is_the_one_sided_operator_on_the_mel_aligned_
     assert np.abs(off - live[1]).mean() > 0.05
 
 
+def test_inside_a_stream_the_live_operator_follows_the_clips_band_closer_than_from_silence():
+    """--embed: the clip between other music, so the one-sided window holds
+    music, not the silence→music step, and the look-ahead is not silence."""
+    ev = _eval_tool()
+    rng = np.random.default_rng(2)
+    W, D, H = 128, 16, 24
+    # a level random walk plus a beat, as log-mels, in three clips
+    clips = [np.log(np.exp(np.cumsum(rng.normal(0, 0.05, (1, 150)), axis=1))
+                    * (1.2 + np.sin(2 * np.pi * np.arange(150) / 12)) * rng.uniform(0.05, 1, (80, 1)))
+             for _ in range(3)]
+    stream, start = ev.embed(clips[1], clips[0], clips[2])
+    assert stream.shape == (80, 450) and start == 150
+    np.testing.assert_array_equal(stream[:, start:start + 150], clips[1])
+    mask = torch.from_numpy(band_mask(4, [1], 2 * W))[None]
+    truth = ev.spectrogram_baseline(stream, lambda n: band_mask(4, [1], n)[None])[0, :, start:start + 150]
+    inside = ev.spectrogram_baseline_live(stream, mask, D, H, W)[0, :, start:start + 150]
+    alone = ev.spectrogram_baseline_live(clips[1], mask, D, H, W)[0]
+    err = lambda m: np.abs(m - truth).mean()          # noqa: E731
+    assert err(inside) < 0.5 * err(alone)
+
+
 def test_eval_vocoder_choice_pghi_or_the_pg_network():
     ev = _eval_tool()
     cfg = get_config("22k")
