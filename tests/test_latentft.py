@@ -426,6 +426,34 @@ def test_offline_operator_masks_the_whole_stream_at_once(tiny_weights):
         stream_generate(m, [(mel, ones, 1.0)], 40, steps=2, operator="two-sided")
 
 
+def test_clip_operator_masks_the_clips_own_latent_as_the_paper_and_silence_by_the_dc_gain(tiny_weights):
+    from rtengine.nn.latentft import band_mask, chunk_conditions, load_model, resample_mask
+
+    m = load_model(tiny_weights)
+    W, H, D, P = m.window, m.hop, m.lookahead, m.context
+    T, n_chunks = 40, 8                      # the stream: 40 clip frames, then silence
+    mel = (np.random.default_rng(3).standard_normal((80, T)) - 4).astype(np.float32)
+    y = torch.from_numpy(scale_mel(mel).astype(np.float32))[None]
+    with torch.no_grad():
+        z = torch.cat([m.encode(y[..., j:j + H]) for j in range(0, T, H)], dim=-1)[..., :T]
+        sil = m.silence_latent()
+    for keep_dc, mask in ((True, band_mask(2, [0], 2 * W)), (False, band_mask(4, [2], 2 * W))):
+        mask = torch.from_numpy(mask)[None]
+        conds = chunk_conditions(m, mel, mask, n_chunks, "clip")
+        # stream frame t sits at position t - ((j+1)H - D - H - P) of chunk j
+        got = torch.cat([c[..., P:] for c in conds], dim=-1)[0]            # frames -D .. n_chunks*H - D
+        want = apply_latent_mask(z, resample_mask(mask, 128), 128)[0]      # the clip alone, zero-padded
+        np.testing.assert_allclose(got[:, D:D + T].numpy(), want.numpy(), atol=1e-5)
+        outside = got[:, :D] if D else got[:, T + D:]
+        np.testing.assert_allclose(outside.numpy(), (sil if keep_dc else 0 * sil)[:, None].expand_as(outside).numpy(),
+                                   atol=1e-6)
+    # the clip operator is not the stream masked at once (the silence before it does not leak in)
+    low = torch.from_numpy(band_mask(2, [0], 2 * W))[None]
+    clip = torch.cat(chunk_conditions(m, mel, low, n_chunks, "clip"), dim=-1)
+    off = torch.cat(chunk_conditions(m, mel, low, n_chunks, "offline"), dim=-1)
+    assert float((clip - off).abs().max()) > 1e-3
+
+
 def test_guidance_and_blend_combine_derivatives():
     # a fake denoiser: D(x; σ, c) = c (the condition itself)
     x = torch.zeros(1, 2, 3)

@@ -188,9 +188,10 @@ def main(argv=None) -> int:
     ap.add_argument("--blend-guidance", type=float, default=2.0,
                     help="guidance scale of the blends (the paper's: 2)")
     ap.add_argument("--lookaheads", default="0,8,16,32,64,128")
-    ap.add_argument("--operator", choices=("stream", "offline"), default="stream",
-                    help="LatentFT's band selection: the live one-sided window (stream, default) or "
-                         "the whole clip masked at once (offline, as the paper's experiments)")
+    ap.add_argument("--operator", choices=("stream", "offline", "clip"), default="stream",
+                    help="LatentFT's band selection: the live one-sided window (stream, default), the "
+                         "whole stream masked at once (offline: the silence before it too), or the clip's "
+                         "own frames masked at once, zero-padded, as the paper's experiments (clip)")
     ap.add_argument("--band-gain", type=float, default=1.0,
                     help="gain of the kept band in the conditional generation (1: the paper's binary "
                          "mask; > 1 boosts it, as a performer's fader can)")

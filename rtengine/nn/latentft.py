@@ -512,8 +512,11 @@ def chunk_conditions(model: LatentFTModel, mel: np.ndarray, masks: torch.Tensor,
     window of the latent of silence (the ring buffer's start). Chunk ``j``
     gets stream frames ``[(j+1)H − D − H − P, (j+1)H − D)`` of the latent
     masked by ``masks`` ``(B, W+1)``: within the window ending at frame
-    ``(j+1)H`` (``operator="stream"``, the live one-sided operator) or within
-    the whole stream at once (``"offline"``). → ``n_chunks × (B, C, P + H)``."""
+    ``(j+1)H`` (``operator="stream"``, the live one-sided operator), within
+    the whole stream at once (``"offline"``), or, as the paper's experiments
+    mask a clip, within ``mel``'s own frames alone, zero-padded (``"clip"``;
+    the silence around it passes only through the mask's DC gain).
+    → ``n_chunks × (B, C, P + H)``."""
     W, H, D, P = model.window, model.hop, model.lookahead, model.context
     total = n_chunks * H
     m = np.full((model.arch["n_mels"], total), LOG_MEL_MIN, np.float32)
@@ -523,9 +526,16 @@ def chunk_conditions(model: LatentFTModel, mel: np.ndarray, masks: torch.Tensor,
     z = torch.cat([model.encode(torch.from_numpy(y[:, j * H:(j + 1) * H])[None])[0]
                    for j in range(n_chunks)], dim=1)
     full = torch.cat([model.silence_latent()[:, None].expand(-1, W), z], dim=1)
-    if operator == "offline":
-        n = int(2 ** np.ceil(np.log2(2 * full.shape[1])))
-        masked = apply_latent_mask(full[None], resample_mask(masks, n), n)
+    if operator in ("offline", "clip"):
+        if operator == "offline":
+            n = int(2 ** np.ceil(np.log2(2 * full.shape[1])))
+            masked = apply_latent_mask(full[None], resample_mask(masks, n), n)
+        else:
+            n = int(2 ** np.ceil(np.log2(2 * k)))
+            dc = masks[:, :1, None].to(full.dtype) * full[None, :, :1]          # silence through the DC gain
+            masked = torch.cat([dc.expand(-1, -1, W),
+                                apply_latent_mask(z[None, :, :k], resample_mask(masks, n), n),
+                                dc.expand(-1, -1, total - k)], dim=-1)
         return [masked[..., W + (j + 1) * H - D - H - P:W + (j + 1) * H - D] for j in range(n_chunks)]
     return [one_sided_chunk(full[None, :, (j + 1) * H:W + (j + 1) * H].contiguous(), masks, D, H, P)
             for j in range(n_chunks)]
@@ -548,10 +558,12 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
     ``operator="offline"`` conditions every chunk on the same frames of the
     whole stream masked at once (two-sided, eq. 3 over the whole sequence,
     as the paper's experiments), instead of the live one-sided window: the
-    exact band selection, for offline rendering and evaluation. ``lock``,
+    exact band selection, for offline rendering and evaluation;
+    ``operator="clip"`` masks ``mel``'s own frames alone, as the paper masks
+    a clip (:func:`chunk_conditions`). ``lock``,
     ``lock_regions``, ``lock_latent``: see :meth:`LatentFTModel.decode_chunk`."""
-    if operator not in ("stream", "offline"):
-        raise ValueError(f"operator must be 'stream' or 'offline', got {operator!r}")
+    if operator not in ("stream", "offline", "clip"):
+        raise ValueError(f"operator must be 'stream', 'offline' or 'clip', got {operator!r}")
     H, D, P = model.hop, model.lookahead, model.context
     n_mels = model.arch["n_mels"]
     n_chunks = -(-(n_frames + D) // H)
