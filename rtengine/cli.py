@@ -19,6 +19,7 @@ examples:
   rtengine vocode clips/ -o out/                every file below clips/, mirrored into out/
   rtengine mel song.wav -o song.npy             log-mel (n_mels, frames) for another model
   rtengine vocode song.npy -o song.wav          vocode a mel made elsewhere (see README: mel convention)
+  rtengine variation song.wav -o slow.wav --keep 0,1,2,3   LatentFT: keep the patterns slower than 2.7 Hz
   rtengine bench                                speed and quality against reference implementations
 """
 
@@ -121,6 +122,39 @@ def cmd_vocode(args) -> int:
     return 0
 
 
+def cmd_variation(args) -> int:
+    import math
+    import time
+
+    from tqdm import tqdm
+
+    from .config import get_config
+    from .io import read_audio, write_audio
+    from .variation import latent_variation, parse_gains
+
+    gains = parse_gains(args.bands, args.keep, args.gains)
+    cfg = get_config("22k")
+    audio = read_audio(args.input, cfg.sample_rate)
+    if len(audio) < cfg.n_fft:
+        raise UserError(f"{args.input}: too short ({len(audio)} samples) for a variation")
+    t0 = time.perf_counter()
+    with tqdm(total=None, unit="chunk", desc="variation", disable=args.quiet, leave=False) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+        y = latent_variation(audio, cfg, gains, args.model, args.steps, args.guidance, args.seed,
+                             args.live, args.lock, args.lock_latent, progress)
+    write_audio(args.output, y, cfg.sample_rate)
+    if args.plot:
+        from .engine.render import plot_spectrogram
+        plot_spectrogram(y, cfg.sample_rate, args.plot, title=f"{args.input} (gains {list(gains)})")
+    if not args.quiet:
+        print(f"{args.output}: {len(y) / cfg.sample_rate:.2f} s in {time.perf_counter() - t0:.1f} s, bands "
+              f"{args.bands}, gains {', '.join(f'{g:g}' for g in gains)}, peak "
+              f"{20 * math.log10(max(float(abs(y).max()), 1e-12)):.1f} dBFS", file=sys.stderr)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -200,6 +234,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --play: ring buffer fill target in ms (default: max(4 hops, 3 blocks)); "
                         "raise it if a loaded machine underruns")
     v.set_defaults(func=cmd_vocode)
+
+    lv = sub.add_parser(
+        "variation", help="a LatentFT variation of an audio file: keep patterns by timescale",
+        description="Generate a variation of an audio file that keeps only the musical patterns of "
+                    "chosen timescales (LatentFT: band gains on the spectrum of the latent sequence). "
+                    "The latent bands, in Hz of change over time, of the 8-band partition: 0-0.34, "
+                    "0.34-0.68, 0.68-1.35, 1.35-2.7, 2.7-5.4, 5.4-10.8, 10.8-21.5, 21.5-43.1 (slow "
+                    "bands: chords and dynamics; fast bands: rhythm and onsets). By default the whole "
+                    "file's latent is masked at once, as in the LatentFT paper; --live streams it "
+                    "through the live stage's one-sided window instead. Output through the model-free "
+                    "PGHI vocoder, peak at most -1 dBFS, written atomically.",
+        epilog="examples:\n  rtengine variation loop.wav -o slow.wav --keep 0,1,2,3\n"
+               "  rtengine variation loop.wav -o beat.wav --bands 4 --gains 0,0,2,1 --seed 3\n"
+               "  rtengine variation loop.wav -o live.wav --live --plot live.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    lv.add_argument("input", help="audio file (any format soundfile reads; resampled to 22050 Hz)")
+    lv.add_argument("-o", "--output", required=True, help="output audio file")
+    lv.add_argument("--bands", type=int, default=8, choices=(2, 4, 8), help="band partition (default 8)")
+    lv.add_argument("--keep", default=None, metavar="I,J,...",
+                    help="bands to keep, 0 = slowest (the others are removed); default: all")
+    lv.add_argument("--gains", default=None, metavar="G0,G1,...",
+                    help="one gain per band instead of --keep: 0 remove, 1 keep, up to 2 boost")
+    lv.add_argument("--seed", type=int, default=0, help="noise seed: another seed, another variation")
+    lv.add_argument("--steps", type=positive_int, default=None, help="diffusion steps (default: the card's)")
+    lv.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (default 1)")
+    lv.add_argument("--lock", type=float, default=None,
+                    help="level lock 0..1 (default: the card's): how tightly each frame's level follows the bands")
+    lv.add_argument("--lock-latent", type=float, default=None,
+                    help="share of that level read from the latent's level channels (default: the card's)")
+    lv.add_argument("--live", action="store_true",
+                    help="the live stage's one-sided window instead of the whole file masked at once")
+    lv.add_argument("--model", default="latentft-22k", help="LatentFT model under models/ or a folder")
+    lv.add_argument("--plot", default=None, metavar="PNG", help="also write the output's spectrogram")
+    lv.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    lv.set_defaults(func=cmd_variation)
 
     b = sub.add_parser("bench", help="measure speed and quality against reference implementations",
                        description="Runs every figure on one fixed 10 s test signal (tones with "

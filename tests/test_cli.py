@@ -1,4 +1,4 @@
-"""The mel and vocode commands as a user runs them."""
+"""The mel, vocode and variation commands as a user runs them."""
 
 import os
 import subprocess
@@ -107,3 +107,27 @@ def test_bad_input_one_clear_line(tmp_path, case):
 def test_help_teaches():
     r = rtengine("vocode", "--help")
     assert r.returncode == 0 and "--block-size" in r.stdout and "examples" in r.stdout
+
+
+def test_variation_keeps_the_chosen_timescales_and_rejects_bad_bands(tmp_path):
+    """rtengine variation: the slow bands kept, the output follows the input's
+    slow loudness contour far better than its fast one; same length, peak-safe."""
+    from rtengine.metrics import loudness_correlation
+
+    loop = os.path.join(ROOT, "patches", "audio", "latentft-band.wav")
+    x, sr = sf.read(loop)
+    out = tmp_path / "slow.wav"
+    r = rtengine("variation", loop, "-o", out, "--keep", "0,1,2,3", "--quiet")
+    assert r.returncode == 0, r.stderr
+    y, sr_out = sf.read(out)
+    assert sr_out == 22050 and len(y) == len(x) and np.isfinite(y).all()
+    assert np.abs(y).max() <= 10 ** (-1 / 20) + 1e-6
+    slow, fast = loudness_correlation(x, y, sr, band=(0, 2.7)), loudness_correlation(x, y, sr, band=(2.7, 43))
+    assert slow > 0.9 and fast < 0.6
+    for bad, expect in ((["--keep", "9"], "--keep"), (["--gains", "1,1"], "--gains"),
+                        (["--keep", "0", "--gains", "1,1,1,1,1,1,1,1"], "not both")):
+        r = rtengine("variation", loop, "-o", tmp_path / "bad.wav", *bad)
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
+    r = rtengine("variation", tmp_path / "nope.wav", "-o", tmp_path / "bad.wav")
+    assert r.returncode == 2 and "nope.wav" in r.stderr and "no such file" in r.stderr
+    assert not (tmp_path / "bad.wav").exists()

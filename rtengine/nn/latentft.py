@@ -545,7 +545,7 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
                     scale: float = 1.0, seed: int = 0, variation: int = 0,
                     sigma_min: float | None = None, operator: str = "stream",
                     lock: float = 0.0, lock_regions: int = LOCK_REGIONS,
-                    lock_latent: float = 0.0) -> torch.Tensor:
+                    lock_latent: float = 0.0, on_chunk=None) -> torch.Tensor:
     """Offline run of the live stage, batched over mask variants.
 
     sources: list of ``(log_mel (n_mels, T_s) array, masks (B, W+1) tensor,
@@ -561,7 +561,8 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
     exact band selection, for offline rendering and evaluation;
     ``operator="clip"`` masks ``mel``'s own frames alone, as the paper masks
     a clip (:func:`chunk_conditions`). ``lock``,
-    ``lock_regions``, ``lock_latent``: see :meth:`LatentFTModel.decode_chunk`."""
+    ``lock_regions``, ``lock_latent``: see :meth:`LatentFTModel.decode_chunk`;
+    ``on_chunk(done, total)``, if given, is called after each chunk."""
     if operator not in ("stream", "offline", "clip"):
         raise ValueError(f"operator must be 'stream', 'offline' or 'clip', got {operator!r}")
     H, D, P = model.hop, model.lookahead, model.context
@@ -582,5 +583,7 @@ def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8
         y = y.clamp(-1.5, 1.2)
         context = y[..., -P:]
         outs.append(y)
+        if on_chunk is not None:
+            on_chunk(j + 1, n_chunks)
     Y = torch.cat(outs, dim=-1)[..., D:D + n_frames]
     return torch.clamp(unscale_mel(Y), min=LOG_MEL_MIN)
