@@ -133,6 +133,10 @@ def cmd_variation(args) -> int:
     from .variation import latent_variation, parse_gains
 
     gains = parse_gains(args.bands, args.keep, args.gains)
+    for name in ("lock", "lock_latent"):
+        v = getattr(args, name)
+        if v is not None and not 0 <= v <= 1:
+            raise UserError(f"--{name.replace('_', '-')} must be in 0..1, got {v:g}")
     cfg = get_config("22k")
     audio = read_audio(args.input, cfg.sample_rate)
     if len(audio) < cfg.n_fft:
@@ -237,14 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     lv = sub.add_parser(
         "variation", help="a LatentFT variation of an audio file: keep patterns by timescale",
-        description="Generate a variation of an audio file that keeps only the musical patterns of "
-                    "chosen timescales (LatentFT: band gains on the spectrum of the latent sequence). "
-                    "The latent bands, in Hz of change over time, of the 8-band partition: 0-0.34, "
-                    "0.34-0.68, 0.68-1.35, 1.35-2.7, 2.7-5.4, 5.4-10.8, 10.8-21.5, 21.5-43.1 (slow "
-                    "bands: chords and dynamics; fast bands: rhythm and onsets). By default the whole "
-                    "file's latent is masked at once, as in the LatentFT paper; --live streams it "
-                    "through the live stage's one-sided window instead. Output through the model-free "
-                    "PGHI vocoder, peak at most -1 dBFS, written atomically.",
+        description="Generate a variation of an audio file that keeps only the musical patterns of\n"
+                    "chosen timescales (LatentFT: band gains on the spectrum of the latent sequence).\n"
+                    "The bands of the 8-band partition, in Hz of change over time: 0-0.34, 0.34-0.68,\n"
+                    "0.68-1.35, 1.35-2.7 (slow: chords, dynamics), 2.7-5.4, 5.4-10.8, 10.8-21.5,\n"
+                    "21.5-43.1 (fast: rhythm, onsets). By default the whole file's latent is masked\n"
+                    "at once, as in the LatentFT paper; --live streams it through the live stage's\n"
+                    "one-sided window instead. Vocoded by PGHI; peak at most -1 dBFS; written\n"
+                    "atomically.",
         epilog="examples:\n  rtengine variation loop.wav -o slow.wav --keep 0,1,2,3\n"
                "  rtengine variation loop.wav -o beat.wav --bands 4 --gains 0,0,2,1 --seed 3\n"
                "  rtengine variation loop.wav -o live.wav --live --plot live.png",
