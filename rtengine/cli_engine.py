@@ -115,6 +115,16 @@ def cmd_play(args) -> int:
     if args.stats:
         write_stats(stats, args.stats)
     print(stats_line(stats), file=sys.stderr)
+    if stats.get("stalled"):
+        print(f"rtengine: error: the audio device stopped calling back after {stats['seconds']:.1f} s "
+              f"(its server or driver stopped?); the stats and the recording are written", file=sys.stderr)
+        # PortAudio cannot be shut down while it waits on the lost device, and
+        # its exit handler would wait for ever: leave without it (every file
+        # is already written)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        import os
+        os._exit(1)
     return 0
 
 

@@ -26,6 +26,14 @@ def wav(tmp_path_factory):
     return path
 
 
+def test_outputs_get_the_usual_file_mode_not_the_temporary_files_private_one(wav, tmp_path):
+    r = rtengine("mel", wav, "-o", tmp_path / "m.npy")
+    assert r.returncode == 0, r.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.npy").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_mel_command_shape(wav, tmp_path):
     r = rtengine("mel", wav, "-o", tmp_path / "m.npy")
     assert r.returncode == 0, r.stderr

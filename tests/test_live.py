@@ -6,6 +6,7 @@ the --record tap at the right time, the echo comes back, the process survives.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -208,3 +209,37 @@ def test_latentft_band_change_over_osc_is_heard_in_the_tap_by_the_next_chunk(tmp
     bound = (H + 4) * 256 / sr + st["buffering_latency_ms"] / 1000 + 0.1
     assert 0 < heard <= bound, (heard, bound)
     assert np.isfinite(tap).all() and np.abs(tap).max() <= 10 ** (-1 / 20) + 1e-4   # the patch's -1 dBFS ceiling
+
+
+def test_play_gives_up_with_a_clear_error_when_the_audio_server_dies(tmp_path):
+    """A JACK server of its own, killed while playing: play must not hang on
+    the lost device; it exits 1 within seconds, saying so, with the stats and
+    the recording written."""
+    exe = shutil.which("jackd")
+    if exe is None:
+        pytest.skip("jackd is not installed (Debian package jackd2)")
+    name = f"rtstall{os.getpid()}"
+    env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_NO_START_SERVER="1", JACK_DEFAULT_SERVER=name)
+    server = subprocess.Popen([exe, "-n", name, "--no-realtime", "-d", "dummy", "-r", "22050", "-p", "256"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        time.sleep(1.5)
+        if server.poll() is not None:
+            pytest.skip("a second jackd could not start")
+        proc, _, rec, stats, err = start_play(tmp_path, env, REPO / "patches" / "vocode.yaml", duration=60.0)
+        time.sleep(2.0)
+        assert proc.poll() is None, (tmp_path / "play.err").read_text()
+        server.kill()
+        server.wait(timeout=5)
+        t_kill = time.monotonic()
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - t_kill
+    finally:
+        if server.poll() is None:
+            server.kill()
+    text = (tmp_path / "play.err").read_text()
+    assert rc == 1 and "stopped calling back" in text and "Traceback" not in text
+    assert took < 15
+    st = json.loads(stats.read_text())
+    assert st["stalled"] is True and st["seconds"] > 0.5
+    assert rec.exists()

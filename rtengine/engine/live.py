@@ -30,6 +30,8 @@ import numpy as np
 
 from ..errors import UserError
 from .chain import Engine
+
+STALL_S = 2.0       # seconds without a device callback after which play gives up
 from .ring import Ring
 
 
@@ -180,21 +182,36 @@ class LivePlayer:
         self.device_latency = float(stream.latency)
         t_start = time.monotonic()
         interrupted = False
+        self.stalled_s = None
+        # a device that stops calling back (its server or driver went away)
+        # would leave the loop waiting for ever: give up after this long
+        stall_limit = max(STALL_S, 20 * self.block_size / self.cfg.sample_rate)
+        stream.start()
         try:
-            with stream:
-                last = 0.0
-                while not self._done.is_set():
-                    self._done.wait(0.05)
-                    if self.stop_when is not None and self.stop_when():
-                        self._done.set()
-                    self._drain_tap()
-                    now = time.monotonic()
-                    if self.status and now - last >= 0.5:
-                        last = now
-                        self._print_status()
+            last = 0.0
+            seen, seen_t = -1, time.monotonic()
+            while not self._done.is_set():
+                self._done.wait(0.05)
+                if self.stop_when is not None and self.stop_when():
+                    self._done.set()
+                self._drain_tap()
+                now = time.monotonic()
+                if self.blocks != seen:
+                    seen, seen_t = self.blocks, now
+                elif now - seen_t > stall_limit:
+                    self.stalled_s = now - seen_t
+                    self._done.set()
+                if self.status and now - last >= 0.5:
+                    last = now
+                    self._print_status()
         except KeyboardInterrupt:
             interrupted = True
         finally:
+            # a stalled stream is left as it is: stopping it waits on the
+            # device that went away (PortAudio's JACK backend never returns)
+            if self.stalled_s is None:
+                stream.stop()
+                stream.close()
             self._stop.set()
             render.join(timeout=2.0)
             eng.close()
@@ -210,6 +227,7 @@ class LivePlayer:
             write_audio(self.record, audio, self.cfg.sample_rate)
         st = self.stats()
         st["interrupted"] = interrupted
+        st["stalled"] = self.stalled_s is not None
         return st
 
     def _gc_release(self) -> None:
