@@ -6,6 +6,7 @@ then renamed, so an interrupted run never leaves a half-written file.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from contextlib import contextmanager
@@ -58,6 +59,15 @@ def read_mel(path: str | os.PathLike, cfg: AudioConfig) -> np.ndarray:
     return mel.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it, which
+    would race with other threads creating files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it over ``path`` on success."""
@@ -70,9 +80,7 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         # mkstemp creates the file private (0600); the result gets the mode any
         # new file gets here (0666 less the umask), as a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

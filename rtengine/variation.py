@@ -59,23 +59,21 @@ def latent_variation(audio: np.ndarray, cfg, gains: np.ndarray, model: str = "la
 
     from .dsp.mel import log_mel
     from .dsp.vocoder import vocode_pghi
-    from .neural_vocoder import inference_defaults
-    from .nn.latentft import LOCK_REGIONS, LOG_MEL_MIN, gains_to_mask, load_model, stream_generate
-    from .stages.latentft import find_model
+    from .nn.latentft import LOG_MEL_MIN, gains_to_mask, load_model, stream_generate
+    from .stages.latentft import find_model, inference_settings
 
     weights = find_model(model)
-    card = inference_defaults(weights.parent)
     net = load_model(weights)
+    card = inference_settings(weights, net.arch)          # the stage's defaults
+    if lock_latent and not card["carries_levels"]:
+        raise UserError(f"--lock-latent: model {model} has no level channels in its latent")
     mel = log_mel(np.asarray(audio, np.float32), cfg)
     mask = torch.from_numpy(gains_to_mask(np.asarray(gains, float), len(gains), 2 * net.window))[None]
-    with_levels = net.arch["level_channels"] == LOCK_REGIONS
     out = stream_generate(
-        net, [(mel, mask, 1.0)], mel.shape[1],
-        steps=int(steps if steps is not None else card.get("steps", 8)), scale=guidance, seed=seed,
-        sigma_min=card.get("sigma_min"), operator="stream" if live else "clip",
-        lock=float(lock if lock is not None else card.get("level_lock", 0.0)),
-        lock_latent=float(lock_latent if lock_latent is not None else card.get("lock_latent", 0.0))
-        if with_levels else 0.0,
+        net, [(mel, mask, 1.0)], mel.shape[1], steps=card["steps"] if steps is None else int(steps),
+        scale=guidance, seed=seed, sigma_min=card["sigma_min"], operator="stream" if live else "clip",
+        lock=card["lock"] if lock is None else float(lock),
+        lock_latent=card["lock_latent"] if lock_latent is None else float(lock_latent),
         on_chunk=progress)[0].numpy()
     y = vocode_pghi(np.maximum(out, LOG_MEL_MIN).astype(np.float32), cfg, length=len(audio))
     y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)

@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     def neighbour(i: int, k: int) -> np.ndarray:
         """Log-mel of the split's k-th clip after clip i, or nothing without --embed."""
         if not args.embed:
-            return mels[0][:, :0]
+            return np.zeros((cfg.n_mels, 0), np.float32)
         return log_mel(read_audio(manifest.parent / split_rows[(i + k) % len(split_rows)]["path"], sr), cfg)
     around = [(neighbour(i, 1), neighbour(i, 2)) for i in pick]
     conds = conditions()

@@ -99,8 +99,8 @@ class MLPEncoder(nn.Module):
             nn.init.zeros_(self.skip.weight)
         # levels > 0: one row per region of region_levels, the region's level,
         # a fixed linear function of the frame (not learnt, not saved)
-        edges = np.linspace(0, n_mels, levels + 1).round().astype(int)
-        self.register_buffer("level_rows", region_levels(n_mels, levels)[edges[:-1]] if levels else None,
+        self.register_buffer("level_rows",
+                             region_levels(n_mels, levels)[region_edges(n_mels, levels)[:-1]] if levels else None,
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -402,8 +402,9 @@ class LatentFTModel(nn.Module):
         y = heun_sample(derivative, noise, steps, sigma_min=SIGMA_MIN if sigma_min is None else sigma_min)
         if lock > 0 and hasattr(den, "mean"):
             P = context.shape[-1]
-            total = max(sum(float(w) for w in weights), 1e-8)        # normalised, as the derivatives
-            mu = sum(float(w) / total * den.mean(c)[..., P:] for c, w in zip(conds, weights))
+            total = max(sum(float(w) for w in weights), 1e-8)
+            shares = [float(w) / total for w in weights]                # normalised, as the derivatives
+            mu = sum(a * den.mean(c)[..., P:] for c, a in zip(conds, shares))
             if abs(scale - 1.0) > 1e-6:
                 mu = scale * mu + (1.0 - scale) * den.mean(null)[..., P:]
             if lock_latent > 0:
@@ -413,7 +414,7 @@ class LatentFTModel(nn.Module):
                 # lock_level reads mu through region_levels, which leaves a
                 # frame of group levels as it is: so this mixes the two targets
                 mu = ((1.0 - lock_latent) * mu
-                      + lock_latent * latent_levels(conds, weights, P, lock_regions, y.shape[1]))
+                      + lock_latent * latent_levels(conds, shares, P, lock_regions, y.shape[1]))
             y = lock_level(y, mu, lock, lock_regions)
         return y
 
@@ -433,6 +434,12 @@ def level_weights(n_mels: int) -> torch.Tensor:
     return torch.from_numpy(width / width.sum()).float()
 
 
+def region_edges(n_mels: int, regions: int) -> np.ndarray:
+    """Band edges ``(regions + 1,)`` of ``regions`` contiguous groups of about
+    equally many mel bands (the level lock's and the level channels')."""
+    return np.linspace(0, n_mels, regions + 1).round().astype(int)
+
+
 @functools.lru_cache(maxsize=None)
 def region_levels(n_mels: int, regions: int) -> torch.Tensor:
     """``(n_mels, n_mels)`` matrix ``R`` such that ``(R @ frame)[m]`` is the
@@ -441,22 +448,21 @@ def region_levels(n_mels: int, regions: int) -> torch.Tensor:
     modify it.)"""
     w = level_weights(n_mels).double()
     R = torch.zeros(n_mels, n_mels, dtype=torch.float64)
-    edges = np.linspace(0, n_mels, regions + 1).round().astype(int)
+    edges = region_edges(n_mels, regions)
     for lo, hi in zip(edges[:-1], edges[1:]):
         R[lo:hi, lo:hi] = (w[lo:hi] / w[lo:hi].sum())[None, :]
     return R.float()
 
 
-def latent_levels(conds, weights, context: int, regions: int, n_mels: int) -> torch.Tensor:
+def latent_levels(conds, shares, context: int, regions: int, n_mels: int) -> torch.Tensor:
     """Each band's target level read from the masked latents' level channels
     (the encoder's last ``regions`` channels, one per group of
-    :func:`region_levels`), the conditions weighted as the derivatives are
-    (normalised; guidance does not extrapolate a level). conds: masked
-    latents ``(B, C, P+H)`` → ``(B, n_mels, H)``, each band holding its
-    group's level."""
-    total = max(sum(float(w) for w in weights), 1e-8)
-    lev = sum(float(w) / total * c[:, -regions:, context:] for c, w in zip(conds, weights))
-    edges = np.linspace(0, n_mels, regions + 1).round().astype(int)
+    :func:`region_levels`), the conditions weighted by ``shares`` (the
+    derivatives' weights, normalised; guidance does not extrapolate a
+    level). conds: masked latents ``(B, C, P+H)`` → ``(B, n_mels, H)``,
+    each band holding its group's level."""
+    lev = sum(a * c[:, -regions:, context:] for c, a in zip(conds, shares))
+    edges = region_edges(n_mels, regions)
     group = torch.from_numpy(np.repeat(np.arange(regions), np.diff(edges)))
     return lev[:, group, :]
 
@@ -526,19 +532,19 @@ def chunk_conditions(model: LatentFTModel, mel: np.ndarray, masks: torch.Tensor,
     z = torch.cat([model.encode(torch.from_numpy(y[:, j * H:(j + 1) * H])[None])[0]
                    for j in range(n_chunks)], dim=1)
     full = torch.cat([model.silence_latent()[:, None].expand(-1, W), z], dim=1)
-    if operator in ("offline", "clip"):
-        if operator == "offline":
-            n = int(2 ** np.ceil(np.log2(2 * full.shape[1])))
-            masked = apply_latent_mask(full[None], resample_mask(masks, n), n)
-        else:
-            n = int(2 ** np.ceil(np.log2(2 * k)))
-            dc = masks[:, :1, None].to(full.dtype) * full[None, :, :1]          # silence through the DC gain
-            masked = torch.cat([dc.expand(-1, -1, W),
-                                apply_latent_mask(z[None, :, :k], resample_mask(masks, n), n),
-                                dc.expand(-1, -1, total - k)], dim=-1)
-        return [masked[..., W + (j + 1) * H - D - H - P:W + (j + 1) * H - D] for j in range(n_chunks)]
-    return [one_sided_chunk(full[None, :, (j + 1) * H:W + (j + 1) * H].contiguous(), masks, D, H, P)
-            for j in range(n_chunks)]
+    if operator == "stream":
+        return [one_sided_chunk(full[None, :, (j + 1) * H:W + (j + 1) * H].contiguous(), masks, D, H, P)
+                for j in range(n_chunks)]
+    if operator == "offline":
+        n = int(2 ** np.ceil(np.log2(2 * full.shape[1])))
+        masked = apply_latent_mask(full[None], resample_mask(masks, n), n)
+    else:   # "clip"
+        n = int(2 ** np.ceil(np.log2(2 * k)))
+        silence = masks[:, :1, None].to(full.dtype) * full[None, :, :1]      # through the DC gain alone
+        masked = torch.cat([silence.expand(-1, -1, W),
+                            apply_latent_mask(z[None, :, :k], resample_mask(masks, n), n),
+                            silence.expand(-1, -1, total - k)], dim=-1)
+    return [masked[..., W + (j + 1) * H - D - H - P:W + (j + 1) * H - D] for j in range(n_chunks)]
 
 
 def stream_generate(model: LatentFTModel, sources, n_frames: int, steps: int = 8,

@@ -56,6 +56,23 @@ def find_model(name_or_path: str) -> Path:
                     f"tools/train_latentft.py")
 
 
+def inference_settings(weights: Path, arch: dict) -> dict:
+    """The settings a model was evaluated with, from its card's ``inference``
+    section, with the engine's defaults where it says nothing: ``steps``
+    (8), ``sigma_min`` (0.002, the paper's), ``lock`` (``level_lock``, 0)
+    and ``lock_latent`` (0; always 0 for a latent without the lock's level
+    channels, which has no level to read)."""
+    from ..neural_vocoder import inference_defaults
+    from ..nn.latentft import LOCK_REGIONS
+
+    card = inference_defaults(weights.parent)
+    carries = int(arch.get("level_channels", 0)) == LOCK_REGIONS
+    return {"steps": int(card.get("steps", 8)), "sigma_min": float(card.get("sigma_min", 0.002)),
+            "lock": float(card.get("level_lock", 0.0)),
+            "lock_latent": float(card.get("lock_latent", 0.0)) if carries else 0.0,
+            "carries_levels": carries}
+
+
 def _band_count(v: float) -> int:
     return 2 if v < 3 else (4 if v < 6 else 8)
 
@@ -82,8 +99,9 @@ class LatentFTStage(Stage):
         # the model's geometry is needed for the latency before prepare, and
         # its card's inference section gives the defaults it was evaluated with
         self._weights = find_model(self.model_name)
-        from ..neural_vocoder import inference_defaults
-        card = inference_defaults(self._weights.parent)
+        import torch
+        arch = torch.load(self._weights, map_location="cpu", weights_only=True)["arch"]
+        card = inference_settings(self._weights, arch)
         g = dict(lo=0.0, hi=2.0, default=1.0, smoothing=0.05, size=self.n_gain)
         self.add_param(Param("gain", **g, description="latent band gains of the source "
                                                       "(0 remove, 1 keep, >1 boost), low to high"))
@@ -91,7 +109,7 @@ class LatentFTStage(Stage):
                              description="band count: 2, 4 or 8 (gain[0..n-1] are used)"))
         self.add_param(Param("guidance", 0.0, 4.0, 1.0, smoothing=0.05,
                              description="classifier-free guidance scale s (1 = none)"))
-        self.add_param(Param("steps", 1.0, 16.0, float(card.get("steps", 8)), smoothing=0.0,
+        self.add_param(Param("steps", 1.0, 16.0, float(card["steps"]), smoothing=0.0,
                              description="Heun steps per chunk (default: the model card's)"))
         self.add_param(Param("weight_a", 0.0, 1.0, 1.0, smoothing=0.05,
                              description="blend weight of the main source"))
@@ -105,22 +123,17 @@ class LatentFTStage(Stage):
                              description="trigger: a rise past 0.5 draws new noise"))
         self.blend_path = self.options.get("blend_source")
         self.model = None
-        self.add_param(Param("lock", 0.0, 1.0, float(card.get("level_lock", 0.0)), smoothing=0.05,
+        self.add_param(Param("lock", 0.0, 1.0, card["lock"], smoothing=0.05,
                              description="how far each frame's level follows the decoder's mean "
                                          "estimate (1: the bands' level contour exactly; 0: the "
                                          "diffusion's own; default: the model card's)"))
-        import torch
-        arch = torch.load(self._weights, map_location="cpu", weights_only=True)["arch"]
-        from ..nn.latentft import LOCK_REGIONS
         # the lock can read its level from the latent only if it carries one per group
-        self._level_channels = int(arch.get("level_channels", 0)) == LOCK_REGIONS
-        self.add_param(Param("lock_latent", 0.0, 1.0,
-                             float(card.get("lock_latent", 0.0)) if self._level_channels else 0.0,
-                             smoothing=0.05,
+        self._level_channels = card["carries_levels"]
+        self.add_param(Param("lock_latent", 0.0, 1.0, card["lock_latent"], smoothing=0.05,
                              description="share of the lock's level read from the latent's level "
                                          "channels, filtered by the bands exactly, instead of the mean "
                                          "estimate (models with level channels; default: the card's)"))
-        self.sigma_min = float(self.options.get("sigma_min", card.get("sigma_min", 0.002)))
+        self.sigma_min = float(self.options.get("sigma_min", card["sigma_min"]))
         if not 0 < self.sigma_min < 80:
             raise UserError(f"latentft: sigma_min must be in (0, 80), got {self.sigma_min:g}")
         self.H, self.D, self.P, self.W = arch["hop"], arch["lookahead"], arch["context"], arch["window"]
