@@ -151,7 +151,9 @@ def cmd_variation(args) -> int:
     write_audio(args.output, y, cfg.sample_rate)
     if args.plot:
         from .engine.render import plot_spectrogram
-        plot_spectrogram(y, cfg.sample_rate, args.plot, title=f"{args.input} (gains {list(gains)})")
+        from pathlib import Path
+        plot_spectrogram(y, cfg.sample_rate, args.plot,
+                         title=f"{Path(args.input).name}: variation, gains {', '.join(f'{g:g}' for g in gains)}")
     if not args.quiet:
         print(f"{args.output}: {len(y) / cfg.sample_rate:.2f} s in {time.perf_counter() - t0:.1f} s, bands "
               f"{args.bands}, gains {', '.join(f'{g:g}' for g in gains)}, peak "
