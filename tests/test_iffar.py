@@ -792,9 +792,9 @@ def test_free_run_feeds_the_models_own_rollout_after_a_true_prompt():
                                                           free_run_temp=0.7, skip=2))
     m.train()
     torch.manual_seed(7)
-    got = T.IFFARTask.free_run(task, m, feats, note, fam)
+    got, prompt = T.IFFARTask.free_run(task, m, feats, note, fam)
     assert m.training
-    prompt = int((got != feats).any(1).any(0).nonzero()[0])        # first fed frame
+    assert prompt == int((got != feats).any(1).any(0).nonzero()[0])   # the first fed frame
     assert 3 <= prompt < 6
     assert torch.equal(got[..., :prompt], feats[..., :prompt])
     # replay the same draws: the prompt length, then the roll-out's seed
@@ -809,7 +809,39 @@ def test_free_run_feeds_the_models_own_rollout_after_a_true_prompt():
     assert not torch.allclose(got[:, 513:, prompt:], ref[:, 513:])       # wrapped as fed back
     off = SimpleNamespace(cfg=m.cfg, args=SimpleNamespace(free_run=0.0, free_run_prompt=3,
                                                          free_run_temp=0.7, skip=2))
-    assert T.IFFARTask.free_run(off, m, feats, note, fam) is feats
+    same, none = T.IFFARTask.free_run(off, m, feats, note, fam)
+    assert same is feats and none is None
+
+
+def test_run_phase_error_scores_the_running_sum_of_the_advance_errors_from_the_start_frame():
+    """``--w-phase-run``: a constant small advance error per frame adds up to
+    a large running phase error, while errors that cancel frame by frame
+    leave none; frames before ``start`` are not scored; power-weighted."""
+    from rtengine.nn.iffar_losses import loud_if_error, run_phase_error
+
+    m = history_model(seed=1)
+    f, b, t = m.cfg.n_bins, 2, 9
+    torch.manual_seed(0)
+    tgt = torch.randn(b * (t - 1), 2 * f, dtype=torch.float64)
+    tgt[:, :f] = -5.0
+    tgt[:, 100] = 3.0                                  # one loud bin carries the power
+    eps = 0.3 / float(m.if_mad[100])                   # 0.3 rad per frame at bin 100
+    steady = tgt[:, f:].clone()
+    steady[:, 100] += eps
+    alternating = tgt[:, f:].clone()
+    alternating[:, 100] += eps * torch.tensor([1.0, -1.0]).repeat(b * (t - 1) // 2)
+    drift = run_phase_error(m, steady, tgt, b, start=1)
+    cancel = run_phase_error(m, alternating, tgt, b, start=1)
+    per_frame = loud_if_error(m, steady, tgt).mean()
+    # the running sum reaches 0.3·8 = 2.4 rad: mean of 1 − cos(0.3 k), k = 1..8
+    expect = float(np.mean(1 - np.cos(0.3 * np.arange(1, 9))))
+    assert abs(float(drift) - expect) < 0.02
+    assert float(drift) > 10 * float(per_frame)
+    assert float(cancel) < float(per_frame)
+    late = run_phase_error(m, steady, tgt, b, start=5)          # frames 5..8: sums 0.3..1.2 rad
+    assert abs(float(late) - float(np.mean(1 - np.cos(0.3 * np.arange(1, 5))))) < 0.02
+    short = run_phase_error(m, steady, tgt, b, start=1, frames=3)   # a horizon of 3 frames
+    assert abs(float(short) - float(np.mean(1 - np.cos(0.3 * np.arange(1, 4))))) < 0.02
 
 
 def test_partials_lost_sees_faded_partials_in_magnitude_and_smeared_phase_in_audio():

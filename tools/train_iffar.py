@@ -43,7 +43,7 @@ from rtengine.config import get_config  # noqa: E402
 from rtengine.nn.iffar import (FAMILIES, IFFAR, IFFARConfig, export_state, load_iffar,  # noqa: E402
                                 add_mag_base, widen_for_history, widen_for_template)
 from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
-from rtengine.nn.iffar_losses import LossWeights, iffar_loss  # noqa: E402
+from rtengine.nn.iffar_losses import LossWeights, iffar_loss, run_phase_error  # noqa: E402
 from rtengine.train.checkpoint import load_checkpoint  # noqa: E402
 from rtengine.train.loop import loop_config_from_args, train  # noqa: E402
 
@@ -263,8 +263,9 @@ class IFFARTask:
         note[(torch.rand(note.shape[0]) < drop) & ~keep] = self.cfg.n_notes
         fam[(torch.rand(fam.shape[0]) < drop) & ~keep] = self.cfg.n_families
         inputs = self.self_fed(net, feats, note, fam)
+        prompt = None
         if self.args.free_run > 0:
-            inputs = self.free_run(net, inputs, note, fam)
+            inputs, prompt = self.free_run(net, inputs, note, fam)
         out = model(inputs, note, fam, targets=feats)
         weight = None
         if self.args.switch_weight != 1.0:
@@ -275,6 +276,15 @@ class IFFARTask:
                                  self.args.switch_weight, 1.0)
         total, terms = iffar_loss(net, out, feats, X, self.audio, self.weights, skip=self.args.skip,
                                   frame_weight=weight)
+        if self.args.w_phase_run and prompt is not None:
+            if0 = out["if0"]
+            if self.args.if_loud_flow_only:   # as --w-if-loud: the flow alone learns from it
+                if0 = net.flow.inverse(torch.zeros_like(if0), net.flow.condition(
+                    *[a.detach() if a is not None else None for a in out["cond_inputs"]]))
+            run = run_phase_error(net, if0, feats[..., 1:].transpose(1, 2).reshape(if0.shape[0], -1),
+                                  feats.shape[0], prompt, self.args.phase_run_frames)
+            total = total + self.args.w_phase_run * run
+            terms["phase_run"] = run.detach()
         if self.args.rollout > 0:
             prompt = int(torch.randint(self.args.skip + 1, feats.shape[-1] // 2 + 1, ()))
             pred = chained_rollout(net, feats, note, fam, out, prompt, self.args.rollout)
@@ -330,7 +340,7 @@ class IFFARTask:
         *Partials lost*). Here the context is as far off as the roll-out has
         drifted by then, and the target asks to come back to the note."""
         if float(torch.rand(())) >= self.args.free_run:
-            return feats
+            return feats, None
         t = feats.shape[-1]
         lo = self.args.skip + 1
         prompt = int(torch.randint(lo, max(lo + 1, min(t - 1, lo + self.args.free_run_prompt)), ()))
@@ -340,7 +350,7 @@ class IFFARTask:
         gen = net.rollout(feats[..., :prompt], t - prompt, self.args.free_run_temp, seed, note, fam)
         inputs = feats.clone()
         inputs[..., prompt:] = net.feedback(gen.transpose(1, 2)).transpose(1, 2)
-        return inputs
+        return inputs, prompt
 
     def validate(self, model, device):
         ds = NoteCrops(self.val_clips, self.val_labels, self.args.frames, self.audio, fixed=True)
@@ -520,6 +530,12 @@ def main(argv=None):
     p.add_argument("--rollout", type=int, default=0, metavar="K",
                    help="add the roll-out loss over K chained passes (0: off; see above)")
     p.add_argument("--w-rollout", type=float, default=1.0, help="weight of the roll-out loss")
+    p.add_argument("--w-phase-run", type=float, default=0.0, metavar="W",
+                   help="with --free-run: weight of the running phase's error over the roll-out "
+                        "(rtengine.nn.iffar_losses.run_phase_error; with --if-loud-flow-only it "
+                        "trains the flow alone); use --free-run-temp 0 to score the T = 0 roll-out")
+    p.add_argument("--phase-run-frames", type=int, default=32, metavar="H",
+                   help="frames after the free run's prompt that --w-phase-run scores")
     p.add_argument("--w-mag", type=float, default=1.0)
     p.add_argument("--mag-p", type=float, default=1.0,
                    help="exponent of the log-magnitude error: 1 = L1 (default), 2 = squared error "

@@ -78,6 +78,33 @@ def loud_mag_error(model, mag: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return (power_weights(model, tgt) * (mag - tgt[:, :model.cfg.n_bins]).abs()).sum(-1)
 
 
+def run_phase_error(model, if0: torch.Tensor, tgt: torch.Tensor, b: int, start: int,
+                    frames: int | None = None) -> torch.Tensor:
+    """Power-weighted error of the *running* phase over ``frames`` frames
+    (default: all) from frame ``start`` on:
+    per crop, ``e_j = Σ_{i=start..j} (Δφ̂_i − Δφ_i)`` is how far the phase of a
+    roll-out that began at ``start`` has drifted by frame ``j``; returns the
+    mean over those frames of ``Σ_b p_b (1 − cos e_j,b) / Σ_b p_b`` (scalar).
+    ``if0`` ``(B·(T−1), F)`` normalised IF of the predicted frames ``1..T−1``,
+    ``tgt`` ``(B·(T−1), 2F)`` their true features, ``start`` ≥ 1 a feature
+    frame index. A horizon keeps the sum where it can still be held: once a
+    running phase has drifted by more than π its ``1 − cos`` is as good as
+    random and its gradient noise.
+
+    Beyond the paper. :func:`loud_if_error` scores each frame's advance on
+    its own; the phase a listener hears is their running sum, and a flow
+    whose advances are each a little off in the same direction drifts away
+    from the partials (eval_iffar's SI-SDR with the true magnitude). Scored on
+    a free run's inputs (the model's own roll-out after a prompt), the sum
+    is the roll-out's own phase error, and the flow learns to pull a drift
+    back instead of only keeping each step small."""
+    f = model.cfg.n_bins
+    span = slice(start - 1, None if frames is None else start - 1 + frames)
+    err = (model.denorm_if(if0) - model.denorm_if(tgt[:, f:])).reshape(b, -1, f)[:, span]
+    w = power_weights(model, tgt).reshape(b, -1, f)[:, span]
+    return (w * (1 - torch.cos(torch.cumsum(err, dim=1)))).sum(-1).mean()
+
+
 def si_sdr(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Scale-invariant SDR (dB) per signal, ``(B, L)`` → ``(B,)``:
     ``a = ⟨est, ref⟩ / ‖ref‖²``, ``10 log10(‖a·ref‖² / ‖est − a·ref‖²)``."""
