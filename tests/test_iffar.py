@@ -664,8 +664,10 @@ def _notes_set(folder):
 
 
 def test_trainer_with_train_flow_changes_the_flow_alone(tmp_path):
-    """``--train flow`` from a trained model: the exported flow moves, the
-    encoder, label embeddings and MagHead keep their weights exactly."""
+    """``--train flow`` from a trained model (here on free runs with the
+    running-phase loss): the exported flow moves, the encoder, label
+    embeddings and MagHead keep their weights exactly; ``--snapshots`` keeps
+    each checkpoint, and ``--average`` writes the mean of chosen ones."""
     import os
     import subprocess
     import sys
@@ -677,6 +679,8 @@ def test_trainer_with_train_flow_changes_the_flow_alone(tmp_path):
             "--train", "flow", "--w-if-loud", "1", "--channels", "16", "--layers", "2",
             "--flow-layers", "2", "--flow-hidden", "8", "--steps", "3", "--batch-size", "2",
             "--frames", "12", "--skip", "2", "--val-every", "3", "--val-clips", "1", "--lr", "1e-2",
+            "--free-run", "1", "--free-run-temp", "0", "--w-phase-run", "1", "--phase-run-frames", "4",
+            "--snapshots", "--ckpt-every", "1",
             "--no-progress", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
     r = subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -684,6 +688,23 @@ def test_trainer_with_train_flow_changes_the_flow_alone(tmp_path):
     before, after = init.state_dict(), load_iffar(tmp_path / "out").state_dict()
     moved = {k for k in before if k != "mag_bias" and not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith("flow.") for k in moved), moved
+    assert '"phase_run"' in (tmp_path / "run" / "log.jsonl").read_text()
+    snaps = sorted((tmp_path / "run" / "snapshots").glob("step-*.pt"))
+    assert len(snaps) == 3
+    r = subprocess.run([sys.executable, "tools/train_iffar.py", "--init", str(tmp_path / "init.pt"),
+                        "--average", str(tmp_path / "avg"), *map(str, snaps[1:])],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    avg = load_iffar(tmp_path / "avg").state_dict()
+    two = [torch.load(p, weights_only=True)["model"] for p in snaps[1:]]
+    for k in moved:
+        assert torch.allclose(avg[k], (two[0][k] + two[1][k]) / 2, atol=1e-6), k
+    assert all(torch.equal(avg[k], before[k]) for k in before if k not in moved and k != "mag_bias")
+    r = subprocess.run([sys.executable, "tools/train_iffar.py", "--init", str(tmp_path / "init.pt"),
+                        "--average", str(tmp_path / "avg2"), str(snaps[0]), str(tmp_path / "missing.pt")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "missing.pt" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "avg2" / "weights.pt").exists()
     r = subprocess.run([sys.executable, "tools/train_iffar.py", "--data", str(tmp_path), "--train", "flow",
                         "--run", str(tmp_path / "run2")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--train flow needs --init" in r.stderr and "Traceback" not in r.stderr

@@ -215,3 +215,18 @@ def test_train_vocoder_with_prior_runs_alone_and_under_torchrun(tone_clips, tmp_
     summary = json.loads((tmp_path / "model" / "train_summary.json").read_text())
     assert summary["world_size"] == processes and summary["warm_start"]["widened"] == ["net.0.weight"]
     assert np.isfinite(summary["val"]["val_herr"]) and summary["val"]["val_herr_notes"] == summary["val"]["val_herr"]
+
+
+def test_snapshots_keep_each_checkpoints_weights_for_choosing_or_averaging_later(tmp_path):
+    task = LinearTask()
+    train(task, _cfg(tmp_path, steps=30, ckpt_every=10, snapshots=True))
+    snaps = sorted((tmp_path / "run" / "snapshots").glob("step-*.pt"))
+    assert [p.name for p in snaps] == ["step-000010.pt", "step-000020.pt", "step-000030.pt"]
+    first, last = (load_checkpoint(p) for p in (snaps[0], snaps[-1]))
+    assert first["step"] == 10 and last["step"] == 30
+    assert not torch.equal(first["model"]["weight"], last["model"]["weight"])     # it trained between
+    assert torch.equal(last["model"]["weight"], task.model.weight.detach())
+    assert "optimizer" not in first                                                # weights only
+    plain = tmp_path / "plain"
+    train(LinearTask(), _cfg(plain, steps=10))
+    assert not (plain / "run" / "snapshots").exists()

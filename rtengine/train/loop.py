@@ -59,12 +59,13 @@ class LoopConfig:
     max_minutes: float | None = None   # stop (with a checkpoint) after this wall time
     progress: bool = True
     threads: int | None = None          # torch CPU threads (None: torch's default)
+    snapshots: bool = False             # also keep each checkpoint's weights as snapshots/step-N.pt
     extra: dict = field(default_factory=dict)
 
 
 # command-line names (argparse dests) of the LoopConfig fields the trainers share
 _ARG_FIELDS = ("steps", "batch_size", "lr", "warmup", "val_every", "ckpt_every", "device",
-               "seed", "resume", "max_minutes", "threads")
+               "seed", "resume", "max_minutes", "threads", "snapshots")
 
 
 def command_line(argv=None) -> str:
@@ -276,6 +277,10 @@ def train(task: Task, cfg: LoopConfig) -> dict:
             extra = {"best": best, "wall_s": history_wall + time.time() - t0,
                      "loop": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
             save_checkpoint(run_dir / LAST, training_state(unwrap(model), optimizer, scheduler, step, extra))
+            if cfg.snapshots:   # weights only: for choosing or averaging snapshots after the run
+                save_checkpoint(run_dir / "snapshots" / f"step-{step:06d}.pt",
+                                {"model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+                                 "step": int(step)})
 
     def validate() -> dict:
         nonlocal best
