@@ -32,6 +32,13 @@ def test_outputs_get_the_usual_file_mode_not_the_temporary_files_private_one(wav
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "m.npy").stat().st_mode & 0o777 == 0o666 & ~umask
+    # the text and bytes writer of manifests, reports, cards and exported weights too
+    from rtengine.data.manifest import atomic_write_text
+
+    atomic_write_text(tmp_path / "card.yaml", "a: 1\n")
+    assert (tmp_path / "card.yaml").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "card.yaml").read_text() == "a: 1\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_mel_command_shape(wav, tmp_path):

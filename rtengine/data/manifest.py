@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from ..errors import UserError
@@ -25,17 +24,12 @@ SPLITS = ("train", "val", "test")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to a temporary file beside ``path``, then rename over it
+    (:func:`rtengine.io.atomic_path`: the usual file mode, no torn file)."""
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def atomic_write_text(path, text: str) -> None:
