@@ -448,10 +448,16 @@ def average_snapshots(out: str, init: str, snapshots: list[str]) -> dict:
         steps.append(int(snap.get("step", -1)))
     mean = {k: torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
             for k, v in states[0].items()}
+    before = model.mag_bias.clone()
     model.load_state_dict(mean)
     report = {"init": str(init), "snapshots": [str(p) for p in snapshots], "steps": steps}
+    extra = {"average": report}
+    init_file = Path(init) / "weights.pt" if Path(init).is_dir() else Path(init)
+    calibration = torch.load(init_file, weights_only=True).get("calibration")
+    if calibration is not None and torch.equal(model.mag_bias, before):
+        extra["calibration"] = calibration      # a flow-only run: MagHead's calibration is the init's
     buf = io.BytesIO()
-    torch.save(export_state(model, {"average": report}), buf)
+    torch.save(export_state(model, extra), buf)
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(out) / "weights.pt", buf.getvalue())
     print(f"averaged {len(states)} snapshots (steps {steps}) into {Path(out) / 'weights.pt'}")
