@@ -17,7 +17,11 @@ through it); with fed-back inputs every target, the flow's NLL included,
 stays the true frame; ``--rollout K`` adds a roll-out loss: K chained passes in which every frame
 after a true prompt is the model's own previous prediction, so the last pass
 equals a teacher-free roll-out of K frames (and approximates deeper ones), and
-its log-magnitude error is back-propagated through the whole chain. The best
+its log-magnitude error is back-propagated through the whole chain;
+``--w-phase-run`` scores the running phase of the free runs' roll-outs
+(their summed advance errors), so the flow learns to pull a drift back;
+``--snapshots`` keeps each checkpoint's weights and ``--average OUT SNAP…``
+writes their mean (stage 8 of the shipped model is one). The best
 weights are exported to ``--out`` (weights.pt + card.yaml) at every
 improvement, so an interrupted run still ships. ``--resume`` continues from
 ``<run>/last.pt``; ``torchrun --nproc_per_node N tools/train_iffar.py …`` runs
@@ -27,7 +31,6 @@ DDP.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import signal
@@ -45,7 +48,7 @@ from rtengine.nn.iffar import (FAMILIES, IFFAR, IFFARConfig, export_state, load_
                                 add_mag_base, widen_for_history, widen_for_template)
 from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
 from rtengine.nn.iffar_losses import LossWeights, iffar_loss, run_phase_error  # noqa: E402
-from rtengine.train.checkpoint import load_checkpoint  # noqa: E402
+from rtengine.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from rtengine.train.loop import loop_config_from_args, train  # noqa: E402
 
 DITHER = 1e-6      # keeps the phase of digital silence from being a constant
@@ -433,8 +436,6 @@ def average_snapshots(out: str, init: str, snapshots: list[str]) -> dict:
     share). Why: a flow trained on its own free runs moves by a few dB of
     roll-out SI-SDR from one snapshot to the next; the mean of a stretch of
     them sits where the steps agree (averaged weights, as in SWA)."""
-    from rtengine.data.manifest import atomic_write_bytes
-
     if len(snapshots) < 2:
         raise SystemExit("--average needs two snapshots or more")
     model = load_iffar(init)
@@ -456,10 +457,7 @@ def average_snapshots(out: str, init: str, snapshots: list[str]) -> dict:
     calibration = torch.load(init_file, weights_only=True).get("calibration")
     if calibration is not None and torch.equal(model.mag_bias, before):
         extra["calibration"] = calibration      # a flow-only run: MagHead's calibration is the init's
-    buf = io.BytesIO()
-    torch.save(export_state(model, extra), buf)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(Path(out) / "weights.pt", buf.getvalue())
+    save_checkpoint(Path(out) / "weights.pt", export_state(model, extra))   # atomic
     print(f"averaged {len(states)} snapshots (steps {steps}) into {Path(out) / 'weights.pt'}")
     return report
 
