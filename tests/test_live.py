@@ -218,10 +218,7 @@ def test_play_gives_up_with_a_clear_error_when_the_audio_server_dies(tmp_path):
     exe = shutil.which("jackd")
     if exe is None:
         pytest.skip("jackd is not installed (Debian package jackd2)")
-    # one fixed name: JACK's registry holds 8 server names, and a server killed
-    # with SIGKILL keeps its entry until a server of the same name starts again
-    # (a name per run filled the registry after a few runs)
-    name = "rtengine-stall-test"
+    name = f"rtstall{os.getpid()}"
     env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_NO_START_SERVER="1", JACK_DEFAULT_SERVER=name)
     server = subprocess.Popen([exe, "-n", name, "--no-realtime", "-d", "dummy", "-r", "22050", "-p", "256"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
