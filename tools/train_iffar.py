@@ -47,7 +47,7 @@ from rtengine.config import get_config  # noqa: E402
 from rtengine.nn.iffar import (FAMILIES, IFFAR, IFFARConfig, export_state, load_iffar,  # noqa: E402
                                 add_mag_base, widen_for_history, widen_for_template)
 from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
-from rtengine.nn.iffar_losses import LossWeights, iffar_loss, run_phase_error  # noqa: E402
+from rtengine.nn.iffar_losses import LossWeights, iffar_loss  # noqa: E402
 from rtengine.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from rtengine.train.loop import loop_config_from_args, train  # noqa: E402
 
@@ -246,7 +246,7 @@ class IFFARTask:
               f"in {time.time() - t0:.1f} s", flush=True)
         self.weights = LossWeights(mag=args.w_mag, mag_p=args.mag_p, nll=args.w_nll,
                                    mrstft=args.w_mrstft, sisdr=args.w_sisdr, if_loud=args.w_if_loud,
-                                   mag_loud=args.w_mag_loud,
+                                   mag_loud=args.w_mag_loud, phase_run=args.w_phase_run,
                                    if_loud_flow_only=args.if_loud_flow_only)
         self.best = None
         self.bad = 0
@@ -279,16 +279,8 @@ class IFFARTask:
             weight = torch.where((at >= 0) & (k >= at) & (k < at + SWITCH_FRAMES),
                                  self.args.switch_weight, 1.0)
         total, terms = iffar_loss(net, out, feats, X, self.audio, self.weights, skip=self.args.skip,
-                                  frame_weight=weight)
-        if self.args.w_phase_run and prompt is not None:
-            if0 = out["if0"]
-            if self.args.if_loud_flow_only:   # as --w-if-loud: the flow alone learns from it
-                if0 = net.flow.inverse(torch.zeros_like(if0), net.flow.condition(
-                    *[a.detach() if a is not None else None for a in out["cond_inputs"]]))
-            run = run_phase_error(net, if0, feats[..., 1:].transpose(1, 2).reshape(if0.shape[0], -1),
-                                  feats.shape[0], prompt, self.args.phase_run_frames)
-            total = total + self.args.w_phase_run * run
-            terms["phase_run"] = run.detach()
+                                  frame_weight=weight, run_start=prompt,
+                                  run_frames=self.args.phase_run_frames)
         if self.args.rollout > 0:
             prompt = int(torch.randint(self.args.skip + 1, feats.shape[-1] // 2 + 1, ()))
             pred = chained_rollout(net, feats, note, fam, out, prompt, self.args.rollout)

@@ -33,7 +33,8 @@ class LossWeights:
     sisdr: float = 0.02    # −SI-SDR (dB)
     mag_loud: float = 0.0  # power-weighted log-magnitude error: the partials (beyond the paper)
     if_loud: float = 0.0   # power-weighted phase-advance error of the flow's z = 0 IF (beyond the paper)
-    if_loud_flow_only: bool = False   # that term trains the flow alone (its condition detached)
+    phase_run: float = 0.0  # the running phase's error over a free run (run_phase_error; beyond the paper)
+    if_loud_flow_only: bool = False   # the two IF terms above train the flow alone (its condition detached)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,14 +146,17 @@ def teacher_forced_audio(model, out: dict, X: torch.Tensor, audio: AudioConfig):
 
 def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
                audio: AudioConfig, w: LossWeights, skip: int = 0,
-               frame_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+               frame_weight: torch.Tensor | None = None, run_start: int | None = None,
+               run_frames: int | None = None) -> tuple[torch.Tensor, dict]:
     """The weighted total (§3) and its terms.
 
     feats ``(B, 2F, T)`` true features; ``skip`` leading target frames of each
     crop are left out of the frame losses (the encoder has not warmed up).
     ``frame_weight`` ``(B, T−1)``: optional weights of the predicted frames in
     the log-magnitude and NLL terms (a weighted mean; e.g. more weight on the
-    frames just after a note change)."""
+    frames just after a note change). ``run_start``: the first fed frame of a
+    free run (None: no free run, no running-phase term), scored over
+    ``run_frames`` frames."""
     f = model.cfg.n_bins
     b, _, t = feats.shape
     tgt = feats[..., 1:].transpose(1, 2).reshape(-1, 2 * f)
@@ -172,14 +176,20 @@ def iffar_loss(model, out: dict, feats: torch.Tensor, X: torch.Tensor | None,
         l_ml = loud_mag_error(model, out["mag"][keep], tgt[keep]).mean()
         terms["mag_loud"] = l_ml
         total = total + w.mag_loud * l_ml
-    if w.if_loud and "if0" in out:
-        if0 = out["if0"][keep]
-        if w.if_loud_flow_only:   # keep the encoder and MagHead out of this term
-            args = [a[keep].detach() if a is not None else None for a in out["cond_inputs"]]
+    run = w.phase_run and run_start is not None
+    if (w.if_loud or run) and "if0" in out:
+        if0 = out["if0"]
+        if w.if_loud_flow_only:   # keep the encoder and MagHead out of these terms
+            args = [a.detach() if a is not None else None for a in out["cond_inputs"]]
             if0 = model.flow.inverse(torch.zeros_like(if0), model.flow.condition(*args))
-        l_ifl = loud_if_error(model, if0, tgt[keep]).mean()
-        terms["if_loud"] = l_ifl
-        total = total + w.if_loud * l_ifl
+        if w.if_loud:
+            l_ifl = loud_if_error(model, if0[keep], tgt[keep]).mean()
+            terms["if_loud"] = l_ifl
+            total = total + w.if_loud * l_ifl
+        if run:
+            l_run = run_phase_error(model, if0, tgt, b, run_start, run_frames)
+            terms["phase_run"] = l_run
+            total = total + w.phase_run * l_run
     if X is not None and "if0" in out and (w.mrstft or w.sisdr):
         ref, est = teacher_forced_audio(model, out, X, audio)
         l_mr = mrstft_loss(ref, est)
