@@ -865,6 +865,34 @@ def test_run_phase_error_scores_the_running_sum_of_the_advance_errors_from_the_s
     assert abs(float(short) - float(np.mean(1 - np.cos(0.3 * np.arange(1, 4))))) < 0.02
 
 
+def test_eval_table_sums_the_teacher_forced_phase_from_the_last_context_frame(tmp_path):
+    """eval_iffar as a user runs it: the table holds the one-step, summed
+    teacher-forced and roll-out rows. The summed teacher-forced row keeps the
+    calibrated one-step magnitudes and IF (same LSD and IF error) and only
+    sums the phase; on a steady note the last true advance, summed from the
+    last context frame's phase, rebuilds the audio (a phase one frame off
+    would shift every partial by a hop)."""
+    import json
+    import subprocess
+    import sys
+
+    _notes_set(tmp_path)
+    out = tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, "tools/eval_iffar.py", "--weights", str(tmp_path / "init.pt"),
+                        "--data", str(tmp_path), "--split", "val", "--clips", "1", "--context", "16",
+                        "--k", "16", "--temperatures", "0", "--pitch", "0", "--json", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = json.loads(out.read_text())["table"]
+    for row in ("one-step calibrated", "16-step teacher-forced", "16-step teacher-forced repeat-last",
+                "16-step T=0", "16-step repeat-last"):
+        assert row in table, sorted(table)
+    tf, one = table["16-step teacher-forced"], table["one-step calibrated"]
+    assert tf["lsd_db"] == one["lsd_db"] and tf["if_mae"] == one["if_mae"]
+    assert tf["si_sdr_mag_gt"] != one["si_sdr_mag_gt"]
+    assert table["16-step teacher-forced repeat-last"]["si_sdr_mag_gt"] > 20, table
+
+
 def test_partials_lost_sees_faded_partials_in_magnitude_and_smeared_phase_in_audio():
     """eval_iffar's partials-lost figures: zero for the truth itself; the
     magnitude figure grows when the partials fade into the floor; the audio

@@ -39,6 +39,13 @@ baseline) and each bin's mean log-magnitude over the last 4 frames
 
 Phases: one-step frames advance the *true* previous phase by the predicted
 Δφ; roll-outs advance the last context frame's true phase cumulatively.
+Between the two, ``K-step teacher-forced`` takes the calibrated one-step
+frames (each predicted from the true frames before it: the paper's "teacher
+forcing ... on the actual target sequences") and sums their phase as a
+roll-out does, so each advance's error stays in every later frame; beside it
+the same for the last true frame's advance (``teacher-forced repeat-last``,
+whose summed errors telescope: the phase error at frame t is the difference
+of two true advances, bounded however long the span).
 With ``--pitch`` the model is also asked for the clip's own note and a note
 ``+5`` semitones away (roll-outs at T = 0.7 with the level guard, as the
 stage plays), and plays note ``+5`` as the stage's ``retrigger`` does (a
@@ -299,9 +306,19 @@ def main(argv=None):
         M_avg = np.exp(np.stack([lm_np[:, i - 4:i].mean(1) for i in range(a, b)], axis=1))
         results.setdefault("one-step last-4 mean", []).append(
             frame_metrics(Xt, M_avg, prev_phi + d_prev, d_true, d_prev, mad, cfg, **part))
-        # K-step roll-outs
+        # the same teacher-forced frames with their phase summed from the
+        # last context frame's, as a K-step roll-out sums it: each advance is
+        # predicted from the true frames before it, but its error stays in
+        # the phase of every frame after it
         phi0 = phi[:, a - 1].numpy()
         mag0 = np.abs(X[:, a - 1].numpy())
+        results.setdefault(f"{K}-step teacher-forced", []).append(
+            frame_metrics(Xt, magc, phi0[:, None] + np.cumsum(d1, axis=1), d_true, d1, mad, cfg,
+                          heap_phases(magc, d1, phi0, mag0, cfg, seed=ci), **part))
+        results.setdefault(f"{K}-step teacher-forced repeat-last", []).append(
+            frame_metrics(Xt, M_prev, phi0[:, None] + np.cumsum(d_prev, axis=1), d_true, d_prev, mad, cfg,
+                          heap_phases(M_prev, d_prev, phi0, mag0, cfg, seed=ci), **part))
+        # K-step roll-outs
         runs = [(T, False) for T in temps] + [(temps[-1], True)]
         for T, guard in runs:
             gen = model.rollout(feats[..., :a], K, temperature=T, seed=args.seed + ci,
