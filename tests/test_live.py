@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -63,16 +64,17 @@ def gain_change_sample(tap, ref, block=128, drop=0.8):
     return j * block + int(np.argmax(np.cumsum(seg_r - seg_t) > 0.05 * seg_r.sum()))
 
 
-def start_play(tmp_path, env, patch, block_size=256, duration=10.0, extra=()):
+def start_play(tmp_path, env, patch, block_size=256, duration=10.0, extra=(), quiet=True):
     """`rtengine play PATCH` on JACK with OSC, the tap and stats, started and
-    listening. Returns (process, OSC port, tap path, stats path, stderr file)."""
+    listening (with ``quiet=False`` it also prints its status line). Returns
+    (process, OSC port, tap path, stats path, stderr file)."""
     port, qport = free_port(), free_port()
     rec, stats = tmp_path / f"rec{block_size}.wav", tmp_path / f"stats{block_size}.json"
     err = open(tmp_path / "play.err", "w")
     proc = subprocess.Popen([sys.executable, "-m", "rtengine.cli", "play", str(patch), "--device", "JACK",
                              "--block-size", str(block_size), "--duration", str(duration),
                              "--osc", f"127.0.0.1:{port}", "--query-port", str(qport),
-                             "--record", str(rec), "--stats", str(stats), "-q", *extra],
+                             "--record", str(rec), "--stats", str(stats), *(["-q"] if quiet else []), *extra],
                             stdout=subprocess.PIPE, stderr=err, env=dict(env, PYTHONPATH=str(REPO)))
     t0 = time.monotonic()
     while "OSC on" not in (tmp_path / "play.err").read_text():
@@ -218,20 +220,27 @@ def test_play_gives_up_with_a_clear_error_when_the_audio_server_dies(tmp_path):
     exe = shutil.which("jackd")
     if exe is None:
         pytest.skip("jackd is not installed (Debian package jackd2)")
-    name = f"rtstall{os.getpid()}"
+    # one fixed name: JACK's registry holds 8 server names and a killed
+    # server keeps its entry, which a new server of the same name reclaims
+    # (a name per run filled the registry on a long-lived machine)
+    name = "rtengine-stall-test"
     env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_NO_START_SERVER="1", JACK_DEFAULT_SERVER=name)
     server = subprocess.Popen([exe, "-n", name, "--no-realtime", "-d", "dummy", "-r", "22050", "-p", "256"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         time.sleep(1.5)
         if server.poll() is not None:
-            # JACK's registry holds 8 server names, and a server killed with
-            # SIGKILL keeps its entry: after many runs on one machine it is full
             pytest.skip("a second jackd could not start (JACK's 8-name registry in /dev/shm may be "
                         "full of killed servers' entries)")
-        proc, _, rec, stats, err = start_play(tmp_path, env, REPO / "patches" / "vocode.yaml", duration=60.0)
-        time.sleep(2.0)
-        assert proc.poll() is None, (tmp_path / "play.err").read_text()
+        proc, _, rec, stats, err = start_play(tmp_path, env, REPO / "patches" / "vocode.yaml", duration=60.0,
+                                              quiet=False)
+        # "OSC on" comes before the stream opens; on a loaded machine opening
+        # it can take seconds, so wait for its status line to show 1 s played
+        t0 = time.monotonic()
+        while not any(float(t) >= 1.0 for t in re.findall(r"([\d.]+) s  blocks", (tmp_path / "play.err").read_text())):
+            assert proc.poll() is None, (tmp_path / "play.err").read_text()
+            assert time.monotonic() - t0 < 60, "the stream did not start"
+            time.sleep(0.1)
         server.kill()
         server.wait(timeout=5)
         t_kill = time.monotonic()
