@@ -30,12 +30,12 @@ the targets. Metrics on the target frames (rtengine.metrics where it has them):
   magnitude of the re-analysed iSTFT of ``M̂ e^{iφ̂}`` (dB), for the direct phase
   ``φ_t = φ_{t−1} + Δφ_t`` and for the engine's heap integrator.
 
-One-step rows: the raw teacher-forced MagHead (``one-step``, as the paper
-evaluates), the same with the calibration bias subtracted and the clamp that
-generation applies (``one-step calibrated``: what the instrument plays), and
-two trivial predictors: the last frame (``repeat-last``, the issue's
-baseline) and each bin's mean log-magnitude over the last 4 frames
-(``last-4 mean``, with the last frame's phase advance).
+One-step rows: the raw teacher-forced MagHead (``one-step``), the same
+with the calibration bias subtracted and the clamp that generation applies
+(``one-step calibrated``: what the instrument plays), and two trivial
+predictors: the last frame (``repeat-last``, the baseline) and each bin's
+mean log-magnitude over the last 4 frames (``last-4 mean``, with the last
+frame's phase advance).
 
 Phases: one-step frames advance the *true* previous phase by the predicted
 Δφ; roll-outs advance the last context frame's true phase cumulatively.
