@@ -328,10 +328,10 @@ def test_mag_history_widening_is_function_preserving_and_the_history_is_causal()
     assert (pa - pb).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("guard,template,history,base", [(False, False, 0, 1), (True, False, 0, 1),
-                                                         (False, True, 0, 1), (False, False, 3, 1),
-                                                         (False, False, 3, 4)])
-def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template, history, base):
+@pytest.mark.parametrize("guard,template,history,base,partial_temp",
+                         [(False, False, 0, 1, 1.0), (True, False, 0, 1, 1.0), (False, True, 0, 1, 1.0),
+                          (False, False, 3, 1, 1.0), (False, False, 3, 4, 1.0), (False, False, 3, 4, 0.2)])
+def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template, history, base, partial_temp):
     from rtengine.stages.iffar import IFFARStream, harmonic_tone
 
     m = history_model(history=history, base=base) if history else tiny_model()
@@ -350,9 +350,10 @@ def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template,
     st.prime(prompt)
     k, temp = 16, 0.9
     mags, phases = zip(*[(a.copy(), b.copy()) for a, b in
-                         (st.next_frame(note=60, temperature=temp) for _ in range(k))])
+                         (st.next_frame(note=60, temperature=temp, partial_temp=partial_temp)
+                          for _ in range(k))])
     gen = m.rollout(st.prompt_feats, k, temperature=temp, seed=7, note=60, cached=False,
-                    guard=guard)[0]
+                    guard=guard, partial_temp=partial_temp)[0]
     f = 513
     mag_off = torch.exp(m.denorm_mag(gen[:f].T)).numpy()
     if_off = m.denorm_if(gen[f:].T).T
@@ -363,11 +364,31 @@ def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template,
     assert np.abs(np.angle(np.exp(1j * dphi))).max() < 1e-6
     # the cached roll-out gives the same frames too; another seed does not
     gen_c = m.rollout(st.prompt_feats, k, temperature=temp, seed=7, note=60, cached=True,
-                      guard=guard)[0]
+                      guard=guard, partial_temp=partial_temp)[0]
     assert (gen_c - gen).abs().max().item() < 1e-8
     gen_s = m.rollout(st.prompt_feats, k, temperature=temp, seed=8, note=60, cached=True,
-                      guard=guard)[0]
+                      guard=guard, partial_temp=partial_temp)[0]
     assert (gen_s - gen).abs().max().item() > 1e-3
+    if partial_temp != 1.0:      # and the partials' temperature changed the frames
+        gen_1 = m.rollout(st.prompt_feats, k, temperature=temp, seed=7, note=60, cached=True, guard=guard)[0]
+        assert (gen_1 - gen).abs().max().item() > 1e-3
+
+
+def test_partial_temp_lowers_the_temperature_on_the_bins_within_40_db_of_the_frames_loudest():
+    from rtengine.nn.iffar import PARTIALS_DB
+
+    m = tiny_model()
+    ln = torch.full((2, 513), -5.0, dtype=torch.float64)
+    ln[0, [10, 20, 30]] = torch.tensor([0.0, -0.5, -1.2], dtype=ln.dtype) * PARTIALS_DB / 8.686   # 0, -20, -48 dB
+    ln[1, 100] = 2.0                                                 # row 1: one loud bin, the rest 60 dB down
+    mag = (ln - m.mag_mean) / m.mag_std
+    assert m.temperatures(mag, 0.7) == 0.7                           # 1: the paper's, one temperature
+    t = m.temperatures(mag, 0.7, 0.25)
+    assert t.shape == (2, 513)
+    loud = torch.isclose(t, torch.tensor(0.7 * 0.25, dtype=t.dtype))
+    assert loud[0].nonzero().flatten().tolist() == [10, 20]
+    assert loud[1].nonzero().flatten().tolist() == [100]
+    assert torch.allclose(t[~loud], torch.tensor(0.7, dtype=t.dtype))
 
 
 @pytest.fixture(scope="module")
@@ -545,7 +566,7 @@ def test_osc_facing_params_exist_and_drive_the_stage(tiny_weights):
 
     eng = build_engine(load_patch(REPO / "patches/iffar-perform.yaml"))
     table = address_table(eng, load_patch(REPO / "patches/iffar-perform.yaml").aliases)
-    for p in ("note", "temperature", "freeze", "prime"):
+    for p in ("note", "temperature", "partial_temp", "freeze", "prime"):
         assert f"/rtengine/iffar/{p}" in table
         assert f"/rtengine/iffar/{p}/norm" in table
     assert any(a.alias and a.target == "iffar.note" for a in table.values())
@@ -565,6 +586,15 @@ def test_osc_facing_params_exist_and_drive_the_stage(tiny_weights):
     # after a restart the OLA tail of the old stream is gone after n_fft/hop frames
     assert np.abs(first[4 * 256:] - again[4 * 256:]).max() < 1e-5 * np.abs(first).max()
     assert np.abs(first[:2 * 256] - again[:2 * 256]).max() > 1e-4     # the tail was there
+    # partial_temp drives the generator: the same restart with it at 0 plays other frames
+    eng.set("iffar.prime", 0.0)
+    eng.render_frames(1)
+    eng.set("iffar.partial_temp", 0.0)
+    eng.set("iffar.prime", 1.0)
+    outs.clear()
+    eng.render_frames(40)
+    steady = np.concatenate(outs)
+    assert np.abs(steady[4 * 256:] - first[4 * 256:]).max() > 1e-3 * np.abs(first).max()
     eng.set("iffar.freeze", 1.0)
     eng.render_frames(2)
     m0 = st.stream.mag.copy()
@@ -885,7 +915,7 @@ def test_eval_table_sums_the_teacher_forced_phase_from_the_last_context_frame(tm
     assert r.returncode == 0, r.stderr[-2000:]
     table = json.loads(out.read_text())["table"]
     for row in ("one-step calibrated", "16-step teacher-forced", "16-step teacher-forced repeat-last",
-                "16-step T=0", "16-step repeat-last"):
+                "16-step T=0", "16-step T=0 partial_temp 0", "16-step repeat-last"):
         assert row in table, sorted(table)
     tf, one = table["16-step teacher-forced"], table["one-step calibrated"]
     assert tf["lsd_db"] == one["lsd_db"] and tf["if_mae"] == one["if_mae"]

@@ -20,7 +20,8 @@ the targets. Metrics on the target frames (rtengine.metrics where it has them):
   with the ground-truth phase (``phase GT``) and with the ground-truth
   magnitude (``mag GT``);
 * roll-outs at each ``--temperatures`` value, and at the last one with the
-  stage's level guard (:meth:`IFFAR.level_guard`);
+  stage's level guard (:meth:`IFFAR.level_guard`) and with ``partial_temp``
+  0 (:meth:`IFFAR.temperatures`: the partials drawn at T = 0);
 * the partials lost (dB): how much less the note's partials (within 1.5 bins
   of each harmonic of the clip's note, below 5 kHz) stand out of the rest of
   the band than in the truth, over the last quarter of the frames; in the
@@ -319,15 +320,17 @@ def main(argv=None):
             frame_metrics(Xt, M_prev, phi0[:, None] + np.cumsum(d_prev, axis=1), d_true, d_prev, mad, cfg,
                           heap_phases(M_prev, d_prev, phi0, mag0, cfg, seed=ci), **part))
         # K-step roll-outs
-        runs = [(T, False) for T in temps] + [(temps[-1], True)]
-        for T, guard in runs:
+        runs = [(T, False, 1.0) for T in temps] + [(temps[-1], True, 1.0), (temps[-1], False, 0.0)]
+        for T, guard, partial_temp in runs:
             gen = model.rollout(feats[..., :a], K, temperature=T, seed=args.seed + ci,
-                                note=note, family=fam, guard=guard)[0]
+                                note=note, family=fam, guard=guard, partial_temp=partial_temp)[0]
             Mk = torch.exp(model.denorm_mag(gen[:f].T)).T.numpy()
             dk = phase_advance(model.denorm_if(gen[f:].T).T, cfg, mode).numpy()
             phk = phi0[:, None] + np.cumsum(dk, axis=1)
             ph_heap = heap_phases(Mk, dk, phi0, mag0, cfg, seed=ci)
-            results.setdefault(f"{K}-step T={T:g}" + (" level guard" if guard else ""), []).append(
+            name = f"{K}-step T={T:g}" + (" level guard" if guard else "") + \
+                (f" partial_temp {partial_temp:g}" if partial_temp != 1.0 else "")
+            results.setdefault(name, []).append(
                 frame_metrics(Xt, Mk, phk, d_true, dk, mad, cfg, ph_heap, **part))
         d_last = phase_advance(d[:, a - 1:a], cfg, mode).numpy()
         Mr = np.repeat(mag0[:, None], K, axis=1)

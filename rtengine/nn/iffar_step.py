@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from .iffar import MAX_LOG_MAG
+from .iffar import MAX_LOG_MAG, PARTIALS_LN
 from .iffar_features import nominal_advance, wrap
 
 
@@ -275,13 +275,15 @@ class FrameStep:
         self.level_ref = self.prev[:f].mean()
 
     def __call__(self, emb: np.ndarray, template: np.ndarray | None, z: np.ndarray,
-                 guard: bool = False, timing: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 guard: bool = False, timing: dict | None = None,
+                 partial_temp: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """One frame from the label embedding ``emb`` ``(C,)``, the note's
         template (or None) and the flow's latent ``z`` ``(F,)`` (already times
         the temperature) → ``(magnitude (F,), phase advance Δφ (F,) rad)``,
         both float64 (the phase path's precision). ``guard``:
         :meth:`IFFAR.level_guard` at the prompt's level. ``timing``: per-part
-        seconds are added to it."""
+        seconds are added to it. ``partial_temp``: :meth:`IFFAR.temperatures`
+        (``z`` is scaled by it on the frame's partials)."""
         clock = time.perf_counter
         t0 = clock()
         f = self.f
@@ -291,6 +293,9 @@ class FrameStep:
                                     self.lo), self.hi)
         if guard:
             mag = mag - max(mag.mean() - self.level_ref, 0.0)
+        if partial_temp != 1.0:
+            ln = np.minimum(mag * self.mag_std + self.mag_mean, MAX_LOG_MAG)
+            z = np.where(ln > ln.max() - PARTIALS_LN, z * partial_temp, z)
         t1 = clock()
         d = self.flow.inverse(z, self.flow.condition(c, mag, pm, pi, template), pi)
         t2 = clock()

@@ -194,15 +194,17 @@ class IFFARStream:
         return self.prompt_X.shape[1]
 
     # -- one frame ---------------------------------------------------------------
-    def next_frame(self, note=None, family=None, temperature: float = 1.0, freeze: bool = False):
-        """→ ``(mag (F,), phase (F,))`` of the next output frame."""
+    def next_frame(self, note=None, family=None, temperature: float = 1.0, freeze: bool = False,
+                   partial_temp: float = 1.0):
+        """→ ``(mag (F,), phase (F,))`` of the next output frame
+        (``partial_temp``: :meth:`IFFAR.temperatures`)."""
         if self.play_prompt and self.pos < self.prompt_frames:
             X = self.prompt_X[:, self.pos]
             self.pos += 1
             return np.abs(X), np.angle(X)
         self.pos += 1
         if not freeze:
-            self._generate(note, family, temperature)
+            self._generate(note, family, temperature, partial_temp)
             self._locked = False
             self._glide_base = None
         elif not self._locked:                   # held: each partial's bins turn as one
@@ -227,10 +229,10 @@ class IFFARStream:
                                          tmpl[0].numpy() if tmpl is not None else None)
         return v
 
-    def _generate(self, note, family, temperature) -> None:
+    def _generate(self, note, family, temperature, partial_temp=1.0) -> None:
         emb, tmpl = self._label_embedding(note, family)
         z = torch.randn((1, self.audio.n_bins), generator=self.gen, dtype=self.dtype)[0].numpy()
-        self.mag, self.omega = self.step(emb, tmpl, z * temperature, self.guard, self.timing)
+        self.mag, self.omega = self.step(emb, tmpl, z * temperature, self.guard, self.timing, partial_temp)
 
     def _integrate(self) -> np.ndarray:
         t0 = time.perf_counter()
@@ -316,6 +318,10 @@ class IFFARStage(Stage):
                              description="instrument family index (-1: none)"))
         self.add_param(Param("temperature", 0.0, 2.0, 0.7, "", smoothing=0.05,
                              description="flow sampling temperature"))
+        self.add_param(Param("partial_temp", 0.0, 1.0, 1.0, "", smoothing=0.05,
+                             description="the temperature's share at the partials (bins within 40 dB "
+                                         "of the frame's loudest): 1 as the paper; 0 keeps their phase "
+                                         "steady while the rest stays random"))
         self.add_param(Param("freeze", 0.0, 1.0, 0.0, "", smoothing=0.0,
                              description="hold the current frame (>= 0.5)"))
         self.add_param(Param("prime", 0.0, 1.0, 0.0, "", smoothing=0.0,
@@ -414,6 +420,7 @@ class IFFARStage(Stage):
         note = self.params["note"].frames(k)[:, 0]
         fam = self.params["family"].frames(k)[:, 0]
         temp = self.params["temperature"].frames(k)[:, 0]
+        partial_temp = self.params["partial_temp"].frames(k)[:, 0]
         freeze = self.params["freeze"].frames(k)[:, 0]
         prime = self.params["prime"].frames(k)[:, 0]
         legato = self.params["legato"].frames(k)[:, 0]
@@ -439,7 +446,7 @@ class IFFARStage(Stage):
             self._prime_high = high
             mag, ph = self.stream.next_frame(n if n >= 0 else None,
                                              int(round(fam[j])) if fam[j] >= 0 else None,
-                                             float(temp[j]), freeze[j] >= 0.5)
+                                             float(temp[j]), freeze[j] >= 0.5, float(partial_temp[j]))
             self._spec[:, j] = mag * np.exp(1j * ph)
         y = self.ola.process(self._spec[:, :k])
         g = np.repeat(np.exp(gain * LN10_20), self.cfg.hop)
