@@ -168,6 +168,7 @@ def bench_models(repeat: int) -> dict:
     if (MODELS_DIR / "iffar-22k" / "weights.pt").exists():
         from .stages.iffar import bench_iffar
         res["iffar-22k"] = bench_iffar()
+        res["iffar-22k partial_temp 0"] = bench_iffar(partial_temp=0.0)     # as the patches play
     if (MODELS_DIR / "latentft-22k" / "weights.pt").exists():
         from .stages.latentft import bench_latentft
         res["latentft-22k"] = bench_latentft()

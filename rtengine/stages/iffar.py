@@ -458,14 +458,15 @@ class IFFARStage(Stage):
 
 # ------------------------------------------------------------------ benchmark
 def bench_iffar(weights: str = DEFAULT_WEIGHTS, frames: int = 400, threads: int | None = 1,
-                phase: str = "direct") -> dict:
+                phase: str = "direct", partial_temp: float = 1.0) -> dict:
     """Time one generated frame, per part: MagHead (with the label embedding
     and the magnitude safeguard), flow (condition + sampling), encoder (one
     cached step on the new frame), phase (de-normalising, Δφ and the phase
     update), OLA. Returns wall-clock milliseconds per frame per part, the
     thread's CPU time per frame, the real-time factor (frame period / wall
     total) and the 1-minute load average (on a shared machine the wall time
-    includes waiting for a core)."""
+    includes waiting for a core). ``partial_temp``: as the stage's param (the
+    patches play at 0)."""
     from ..config import get_config
     from ..nn.iffar import IFFAR, IFFARConfig
 
@@ -479,14 +480,14 @@ def bench_iffar(weights: str = DEFAULT_WEIGHTS, frames: int = 400, threads: int 
         st.prime(harmonic_tone(60, 0.5, cfg.sample_rate))
         ola = OverlapAdd(cfg)
         for _ in range(20):                       # warm-up
-            m, p = st.next_frame(None, None, 0.7)
+            m, p = st.next_frame(None, None, 0.7, partial_temp=partial_temp)
             ola.process((m * np.exp(1j * p))[:, None])
         st.timing = {}
         t_ola = 0.0
         t0 = time.perf_counter()
         c0 = time.thread_time()
         for _ in range(frames):
-            m, p = st.next_frame(None, None, 0.7)
+            m, p = st.next_frame(None, None, 0.7, partial_temp=partial_temp)
             t1 = time.perf_counter()
             ola.process((m * np.exp(1j * p))[:, None])
             t_ola += time.perf_counter() - t1
@@ -496,7 +497,8 @@ def bench_iffar(weights: str = DEFAULT_WEIGHTS, frames: int = 400, threads: int 
         ms["ola"] = 1000 * t_ola / frames
         ms["total"] = 1000 * total / frames
         period = 1000 * cfg.hop / cfg.sample_rate
-        return {"model": "iffar", "phase": phase, "threads": torch.get_num_threads(),
+        return {"model": "iffar", "phase": phase, "partial_temp": partial_temp,
+                "threads": torch.get_num_threads(),
                 "blas_threads": blas_threads(),
                 "ms_per_frame": {k: round(v, 4) for k, v in ms.items()},
                 "cpu_ms_per_frame": round(1000 * cpu / frames, 4),
