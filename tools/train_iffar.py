@@ -44,8 +44,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rtengine.config import get_config  # noqa: E402
-from rtengine.nn.iffar import (FAMILIES, IFFAR, IFFARConfig, export_state, load_iffar,  # noqa: E402
-                                add_mag_base, widen_for_history, widen_for_template)
+from rtengine.nn.iffar import (FAMILIES, IFFAR, IFFARConfig, export_state, iffar_from_state,  # noqa: E402
+                                load_iffar, add_mag_base, weights_file, widen_for_history,
+                                widen_for_template)
 from rtengine.nn.iffar_features import compute_stats, if_from_phase, log_magnitude, stft  # noqa: E402
 from rtengine.nn.iffar_losses import LossWeights, iffar_loss  # noqa: E402
 from rtengine.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -430,7 +431,8 @@ def average_snapshots(out: str, init: str, snapshots: list[str]) -> dict:
     them sits where the steps agree (averaged weights, as in SWA)."""
     if len(snapshots) < 2:
         raise SystemExit("--average needs two snapshots or more")
-    model = load_iffar(init)
+    init_state = torch.load(weights_file(init), weights_only=True)
+    model = iffar_from_state(init_state)
     states, steps = [], []
     for path in snapshots:
         try:
@@ -445,8 +447,7 @@ def average_snapshots(out: str, init: str, snapshots: list[str]) -> dict:
     model.load_state_dict(mean)
     report = {"init": str(init), "snapshots": [str(p) for p in snapshots], "steps": steps}
     extra = {"average": report}
-    init_file = Path(init) / "weights.pt" if Path(init).is_dir() else Path(init)
-    calibration = torch.load(init_file, weights_only=True).get("calibration")
+    calibration = init_state.get("calibration")
     if calibration is not None and torch.equal(model.mag_bias, before):
         extra["calibration"] = calibration      # a flow-only run: MagHead's calibration is the init's
     save_checkpoint(Path(out) / "weights.pt", export_state(model, extra))   # atomic
@@ -492,7 +493,7 @@ def calibrate(weights: str, data: str, clips: int = 48, frames: int = 260,
         bias = bias * best
         report.update(scale=best, rollout_clips=min(rollout_clips, len(feats)),
                       rollout_lsd={f"{a:g}": round(v, 3) for a, v in lsd.items()})
-    p = Path(weights) / "weights.pt" if Path(weights).is_dir() else Path(weights)
+    p = weights_file(weights)
     state = torch.load(p, weights_only=True)
     state["model"]["mag_bias"] = bias.detach().float().clone()
     state["calibration"] = report

@@ -369,9 +369,10 @@ class IFConditionalFlow(nn.Module):
         z, logdet = self(x, cond)
         return (0.5 * (z ** 2).sum(-1) + 0.5 * self.f * math.log(2 * math.pi) - logdet) / self.f
 
-    def sample(self, cond: torch.Tensor, temperature: float = 1.0,
+    def sample(self, cond: torch.Tensor, temperature: float | torch.Tensor = 1.0,
                generator: torch.Generator | None = None, z: torch.Tensor | None = None):
-        """Draw ``z ~ N(0, T²I)`` (or use ``z``) and invert: ``(N, F)``."""
+        """Draw ``z ~ N(0, T²I)`` (or use ``z``) and invert: ``(N, F)``. ``T``
+        is one number or one per bin ``(N, F)`` (:meth:`IFFAR.temperatures`)."""
         if z is None:
             h = cond[0]
             z = torch.randn((h.shape[0], self.f), generator=generator, dtype=h.dtype, device=h.device)
@@ -549,9 +550,7 @@ class IFFAR(nn.Module):
         if guard_ref is not None:
             mag = self.level_guard(mag, guard_ref)
         cond = self.flow.condition(c, mag, prev[:, :f], prev[:, f:], tmpl)
-        if z is None:
-            z = torch.randn(mag.shape, generator=generator, dtype=mag.dtype, device=mag.device)
-        d = self.flow.inverse(z * self.temperatures(mag, temperature, partial_temp), cond)
+        d = self.flow.sample(cond, self.temperatures(mag, temperature, partial_temp), generator, z)
         return torch.cat([mag, d], dim=1)
 
     def temperatures(self, mag: torch.Tensor, temperature: float, partial_temp: float = 1.0):
@@ -706,16 +705,24 @@ def _with_zero_inputs(w: torch.Tensor, n: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ loading
-def load_iffar(path, map_location="cpu") -> IFFAR:
-    """Load a model folder (``weights.pt``) or a weights file; weights only."""
+def weights_file(path):
+    """A model folder's ``weights.pt``, or ``path`` itself if it is a file."""
     from pathlib import Path
 
+    p = Path(path)
+    return p / "weights.pt" if p.is_dir() else p
+
+
+def load_iffar(path, map_location="cpu") -> IFFAR:
+    """Load a model folder (``weights.pt``) or a weights file; weights only."""
+    return iffar_from_state(torch.load(str(weights_file(path)), map_location=map_location,
+                                       weights_only=True))
+
+
+def iffar_from_state(state: dict) -> IFFAR:
+    """The model a saved state (:func:`export_state`) describes, in eval mode."""
     from ..config import get_config
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "weights.pt"
-    state = torch.load(str(p), map_location=map_location, weights_only=True)
     cfg = IFFARConfig.from_dict(state["config"])
     audio = get_config(state["audio"]["name"]) if "audio" in state else get_config("22k")
     model = IFFAR(cfg, audio)

@@ -293,8 +293,8 @@ class FrameStep:
                                     self.lo), self.hi)
         if guard:
             mag = mag - max(mag.mean() - self.level_ref, 0.0)
+        ln = np.minimum(mag * self.mag_std + self.mag_mean, MAX_LOG_MAG)    # natural log-magnitude
         if partial_temp != 1.0:
-            ln = np.minimum(mag * self.mag_std + self.mag_mean, MAX_LOG_MAG)
             z = np.where(ln > ln.max() - PARTIALS_LN, z * partial_temp, z)
         t1 = clock()
         d = self.flow.inverse(z, self.flow.condition(c, mag, pm, pi, template), pi)
@@ -306,7 +306,7 @@ class FrameStep:
         self.prev = np.concatenate([mag, (wrapped - self.if_median) / self.if_mad * self.if_valid])
         self.e = self.encoder.step(self.prev)
         t3 = clock()
-        magnitude = np.exp(np.minimum(mag * self.mag_std + self.mag_mean, MAX_LOG_MAG)).astype(np.float64)
+        magnitude = np.exp(ln).astype(np.float64)
         advance = (if_ + self.nominal if self.hetero else if_).astype(np.float64)
         if timing is not None:
             for k, v in (("maghead", t1 - t0), ("flow", t2 - t1), ("encoder", t3 - t2),
