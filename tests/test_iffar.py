@@ -374,6 +374,59 @@ def test_streaming_generation_equals_offline_rollout_for_a_seed(guard, template,
         assert (gen_1 - gen).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_kernel_is_torchs_exact_gelu_in_place(dtype):
+    from rtengine.nn.gelu_kernel import gelu_
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-12, 12, 24001), 4 * rng.standard_normal(12312),
+                        [0.0, -0.0, 1e-30, -6.0, 40.0, -40.0]]).astype(dtype)
+    ref = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    y = x.copy()
+    assert gelu_(y) is y                                   # in place
+    if dtype == np.float64:
+        assert np.abs(y - ref).max() <= 1e-15 * np.abs(ref).max()
+    else:
+        # within a float32 rounding of the exact GELU, and nearer to it than
+        # torch's own float32 GELU (1e-6 off near x = −3.4)
+        exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+        err = np.abs(y - exact)
+        assert (err <= np.spacing(np.abs(exact).astype(np.float32)) + 1e-7).all()
+        assert err.max() < np.abs(ref - exact).max()
+    # 2-d, strided rows, and a 1-d view: each in place, the rest untouched
+    buf = np.tile(x[:4000].reshape(8, 500), (1, 2))
+    view = buf[:, 3:503]
+    gelu_(view)
+    assert np.allclose(view, y[:4000].reshape(8, 500), rtol=1e-6, atol=1e-12)
+    assert np.array_equal(buf[:, :3], x[:4000].reshape(8, 500)[:, :3])
+    col = buf[:, 0].copy()
+    gelu_(buf[:, 0])
+    assert np.allclose(buf[:, 0], gelu_(col), rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="1-d or 2-d"):
+        gelu_(np.zeros((2, 2, 2), dtype=dtype))
+
+
+def test_float32_stream_follows_the_shipped_models_offline_rollout():
+    """The live path in the shipped model's own dtype (float32, the rational
+    erf of the GELU kernel): 32 frames at T = 0.7 stay within float32's
+    rounding of the torch roll-out."""
+    from rtengine.stages.iffar import DEFAULT_WEIGHTS, IFFARStream, harmonic_tone, load_model
+
+    m = load_model(DEFAULT_WEIGHTS)
+    assert m.mag_mean.dtype == torch.float32
+    st = IFFARStream(m, seed=7, play_prompt=False)
+    st.prime(harmonic_tone(57, 0.25, A22.sample_rate))
+    k, temp = 32, 0.7
+    mags, phases = zip(*[(a.copy(), b.copy()) for a, b in
+                         (st.next_frame(temperature=temp, partial_temp=0.0) for _ in range(k))])
+    gen = m.rollout(st.prompt_feats, k, temperature=temp, seed=7, cached=False, partial_temp=0.0)[0]
+    mag_off = torch.exp(m.denorm_mag(gen[:513].T)).numpy()
+    ph_off = feat.phase_from_if(m.denorm_if(gen[513:].T).T, A22, m.cfg.if_mode,
+                                torch.as_tensor(np.angle(st.prompt_X[:, -1]))).numpy()
+    assert np.abs(np.stack(mags) - mag_off).max() < 1e-5 * mag_off.max()
+    assert np.abs(np.angle(np.exp(1j * (np.stack(phases).T - ph_off)))).max() < 1e-3
+
+
 def test_partial_temp_lowers_the_temperature_on_the_bins_within_40_db_of_the_frames_loudest():
     from rtengine.nn.iffar import PARTIALS_DB
 
