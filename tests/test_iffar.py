@@ -974,6 +974,14 @@ def test_eval_table_sums_the_teacher_forced_phase_from_the_last_context_frame(tm
     assert tf["lsd_db"] == one["lsd_db"] and tf["if_mae"] == one["if_mae"]
     assert tf["si_sdr_mag_gt"] != one["si_sdr_mag_gt"]
     assert table["16-step teacher-forced repeat-last"]["si_sdr_mag_gt"] > 20, table
+    # the non-causal reference (true frames on both sides) follows the quiet
+    # bins' noise better than the last frame does
+    assert table["one-step oracle t±1 (non-causal)"]["lsd_db"] < table["one-step repeat-last"]["lsd_db"]
+    # a span longer than the clips: said plainly, no traceback
+    r = subprocess.run([sys.executable, "tools/eval_iffar.py", "--weights", str(tmp_path / "init.pt"),
+                        "--data", str(tmp_path), "--split", "val", "--clips", "1", "--k", "4000",
+                        "--pitch", "0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "has" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
 def test_partials_lost_sees_faded_partials_in_magnitude_and_smeared_phase_in_audio():

@@ -36,7 +36,12 @@ with the calibration bias subtracted and the clamp that generation applies
 (``one-step calibrated``: what the instrument plays), and two trivial
 predictors: the last frame (``repeat-last``, the baseline) and each bin's
 mean log-magnitude over the last 4 frames (``last-4 mean``, with the last
-frame's phase advance).
+frame's phase advance). ``oracle t±1`` is no predictor but a reference of
+what the data allow: each frame's magnitude from the true frames on both
+sides (their geometric mean; the last frame's phase advance). The quiet
+bins of these clips are the 16-bit floor's noise, whose log-magnitude no
+model follows from frame to frame; the oracle's unfloored LSD shows what
+that costs even with the next frame known.
 
 Phases: one-step frames advance the *true* previous phase by the predicted
 Δφ; roll-outs advance the last context frame's true phase cumulatively.
@@ -280,6 +285,9 @@ def main(argv=None):
             note, fam = -1, -1
         n_idx, f_idx = model.labels(note, fam, 1, "cpu")
         a, b = s + L, s + L + K
+        if X.shape[1] < b + 1:
+            p.error(f"--start + --context + --k + 1 = {b + 1} frames, but test clip {row.get('path', ci)} "
+                    f"has {X.shape[1]}")
         Xt = X[:, a:b].numpy()
         truth = partials_db(np.abs(Xt), reanalysed(np.abs(Xt), np.angle(Xt), cfg), f0, cfg) if f0 else None
         part = {"f0": f0, "truth_partials": truth} if truth else {}   # a low note: no partials figures
@@ -307,6 +315,13 @@ def main(argv=None):
         M_avg = np.exp(np.stack([lm_np[:, i - 4:i].mean(1) for i in range(a, b)], axis=1))
         results.setdefault("one-step last-4 mean", []).append(
             frame_metrics(Xt, M_avg, prev_phi + d_prev, d_true, d_prev, mad, cfg, **part))
+        # not a predictor: what the data allow. Each target frame's magnitude
+        # from the true frames on both sides (geometric mean of t−1 and t+1),
+        # which no causal model sees; its LSD is what the frame-to-frame
+        # randomness of the quiet bins (the 16-bit floor's noise) costs even so
+        M_next = np.abs(X[:, a + 1:b + 1].numpy())
+        results.setdefault("one-step oracle t±1 (non-causal)", []).append(
+            frame_metrics(Xt, np.sqrt(M_prev * M_next), prev_phi + d_prev, d_true, d_prev, mad, cfg, **part))
         # the same teacher-forced frames with their phase summed from the
         # last context frame's, as a K-step roll-out sums it: each advance is
         # predicted from the true frames before it, but its error stays in
