@@ -763,6 +763,7 @@ def test_trainer_with_train_flow_changes_the_flow_alone(tmp_path):
             "--flow-layers", "2", "--flow-hidden", "8", "--steps", "3", "--batch-size", "2",
             "--frames", "12", "--skip", "2", "--val-every", "3", "--val-clips", "1", "--lr", "1e-2",
             "--free-run", "1", "--free-run-temp", "0", "--w-phase-run", "1", "--phase-run-frames", "4",
+            "--free-run-partial-temp", "0",
             "--snapshots", "--ckpt-every", "1",
             "--no-progress", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
     r = subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -879,10 +880,12 @@ def test_nll_scores_the_true_targets_when_the_inputs_are_fed_back():
     assert not torch.allclose(out["nll"][4:8], own["nll"][4:8])
 
 
-def test_free_run_feeds_the_models_own_rollout_after_a_true_prompt():
+@pytest.mark.parametrize("partial_temp", [1.0, 0.0])
+def test_free_run_feeds_the_models_own_rollout_after_a_true_prompt(partial_temp):
     """``--free-run``: after a true prompt the input frames are exactly what
-    IFFAR.rollout generates from that prompt (same seed: IF sampled, fed back
-    wrapped), the prompt stays true, and the model is left in training mode."""
+    IFFAR.rollout generates from that prompt (same seed: IF sampled, with
+    ``--free-run-partial-temp`` on the partials, fed back wrapped), the
+    prompt stays true, and the model is left in training mode."""
     import sys
     from types import SimpleNamespace
     sys.path.insert(0, str(REPO / "tools"))
@@ -893,7 +896,8 @@ def test_free_run_feeds_the_models_own_rollout_after_a_true_prompt():
     feats = torch.randn(2, 2 * 513, 12, dtype=torch.float64)
     note, fam = torch.tensor([[60] * 11, [70] * 11]), torch.tensor([[1] * 11, [2] * 11])
     task = SimpleNamespace(cfg=m.cfg, args=SimpleNamespace(free_run=1.0, free_run_prompt=3,
-                                                          free_run_temp=0.7, skip=2))
+                                                          free_run_temp=0.7, skip=2,
+                                                          free_run_partial_temp=partial_temp))
     m.train()
     torch.manual_seed(7)
     got, prompt = T.IFFARTask.free_run(task, m, feats, note, fam)
@@ -906,13 +910,17 @@ def test_free_run_feeds_the_models_own_rollout_after_a_true_prompt():
     torch.rand(())
     assert int(torch.randint(3, 6, ())) == prompt
     seed = int(torch.randint(0, 2 ** 31 - 1, ()))
-    ref = m.rollout(feats[..., :prompt], 12 - prompt, 0.7, seed, torch.tensor([60, 70]), torch.tensor([1, 2]))
+    ref = m.rollout(feats[..., :prompt], 12 - prompt, 0.7, seed, torch.tensor([60, 70]), torch.tensor([1, 2]),
+                    partial_temp=partial_temp)
     assert torch.allclose(got[:, :513, prompt:], ref[:, :513])
+    if partial_temp != 1.0:
+        plain = m.rollout(feats[..., :prompt], 12 - prompt, 0.7, seed, torch.tensor([60, 70]), torch.tensor([1, 2]))
+        assert not torch.allclose(plain[:, 513:], ref[:, 513:])
     fed_if = m.renorm_if(ref[:, 513:].transpose(1, 2)).transpose(1, 2)
     assert torch.allclose(got[:, 513:, prompt:], fed_if)
     assert not torch.allclose(got[:, 513:, prompt:], ref[:, 513:])       # wrapped as fed back
     off = SimpleNamespace(cfg=m.cfg, args=SimpleNamespace(free_run=0.0, free_run_prompt=3,
-                                                         free_run_temp=0.7, skip=2))
+                                                         free_run_temp=0.7, skip=2, free_run_partial_temp=1.0))
     same, none = T.IFFARTask.free_run(off, m, feats, note, fam)
     assert same is feats and none is None
 

@@ -329,7 +329,8 @@ class IFFARTask:
         true frames, with ``--self-feed`` partly the model's own one-step
         magnitudes) is the model's own roll-out from that prompt, as generation
         makes it (calibration bias, clamp, IF sampled at ``--free-run-temp``,
-        the encoder streamed), computed without gradient. Targets stay true.
+        on the partials times ``--free-run-partial-temp``, the encoder
+        streamed), computed without gradient. Targets stay true.
 
         Why: ``--self-feed`` shows the model its errors one step deep, and the
         chained ``--rollout`` loss at most a few; the partials of a free
@@ -344,7 +345,8 @@ class IFFARTask:
         if note.dim() == 2:             # per-frame labels: the roll-out plays the first
             note, fam = note[:, 0], fam[:, 0]
         seed = int(torch.randint(0, 2 ** 31 - 1, ()))
-        gen = net.rollout(feats[..., :prompt], t - prompt, self.args.free_run_temp, seed, note, fam)
+        gen = net.rollout(feats[..., :prompt], t - prompt, self.args.free_run_temp, seed, note, fam,
+                          partial_temp=self.args.free_run_partial_temp)
         inputs = feats.clone()
         inputs[..., prompt:] = net.feedback(gen.transpose(1, 2)).transpose(1, 2)
         return inputs, prompt
@@ -556,6 +558,9 @@ def main(argv=None):
                    help="with --free-run: the prompt is 1 to N frames after the skipped ones")
     p.add_argument("--free-run-temp", type=float, default=0.7,
                    help="with --free-run: temperature of the roll-out's IF")
+    p.add_argument("--free-run-partial-temp", type=float, default=1.0,
+                   help="with --free-run: the roll-out's partial_temp (IFFAR.temperatures; 0 draws "
+                        "the partials' IF at T = 0, as the patches play)")
     p.add_argument("--rollout", type=int, default=0, metavar="K",
                    help="add the roll-out loss over K chained passes (0: off; see above)")
     p.add_argument("--w-rollout", type=float, default=1.0, help="weight of the roll-out loss")
