@@ -33,6 +33,8 @@ _S_MAX = 3.92
 _RSQRT2 = 1.0 / math.sqrt(2.0)
 
 
+# error_model="numpy": with Python's, numba checks each division for zero,
+# which keeps the loop from vectorising (78 against 14 µs on 24 × 513)
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _gelu32(x):
     p0, p1, p2, p3, p4, p5 = _P
