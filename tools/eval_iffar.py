@@ -286,7 +286,7 @@ def main(argv=None):
         n_idx, f_idx = model.labels(note, fam, 1, "cpu")
         a, b = s + L, s + L + K
         if X.shape[1] < b + 1:
-            p.error(f"--start + --context + --k + 1 = {b + 1} frames, but test clip {row.get('path', ci)} "
+            p.error(f"--start + --context + --k + 1 = {b + 1} frames, but test clip {row['path']} "
                     f"has {X.shape[1]}")
         Xt = X[:, a:b].numpy()
         truth = partials_db(np.abs(Xt), reanalysed(np.abs(Xt), np.angle(Xt), cfg), f0, cfg) if f0 else None

@@ -433,7 +433,7 @@ def average_snapshots(out: str, init: str, snapshots: list[str]) -> dict:
     them sits where the steps agree (averaged weights, as in SWA)."""
     if len(snapshots) < 2:
         raise SystemExit("--average needs two snapshots or more")
-    init_state = torch.load(weights_file(init), weights_only=True)
+    init_state = torch.load(weights_file(init), map_location="cpu", weights_only=True)
     model = iffar_from_state(init_state)
     states, steps = [], []
     for path in snapshots:
